@@ -1,0 +1,106 @@
+"""Frozen configuration dataclasses <-> command-line flags <-> JSON.
+
+Every configuration in transcribe is a `@dataclass(frozen=True)`; flags are derived from
+its fields (so a flag cannot drift from the field it sets), and it is saved as JSON in
+each run folder and checkpoint so a run can be rebuilt from its folder alone.
+Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[field.name]
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                            skip: tuple[str, ...] = ()) -> None:
+    """Add one `--flag` per field of dataclass `cls`, default None (= keep the field's default).
+
+    Help text comes from `metadata={"help": ...}` on the field. Tuples take several values.
+    """
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        typ = _field_type(cls, f)
+        origin = typing.get_origin(typ)
+        args = typing.get_args(typ)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kwargs: dict[str, Any] = {"default": None, "dest": prefix + f.name,
+                                  "help": f"{f.metadata.get('help', '')} (default: {default})".strip()}
+        if origin is tuple:
+            kwargs["nargs"] = "+"
+            kwargs["type"] = args[0] if args and args[0] is not Ellipsis else str
+        elif typ is bool:
+            kwargs["type"] = _parse_bool
+            kwargs["metavar"] = "BOOL"
+        elif origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+            inner = [a for a in args if a is not type(None)]
+            kwargs["type"] = inner[0] if inner else str
+        elif typ in (int, float, str):
+            kwargs["type"] = typ
+        else:
+            kwargs["type"] = str
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument("--" + (prefix + f.name).replace("_", "-"), **kwargs)
+
+
+def from_args(cls: type[T], args: argparse.Namespace, base: T | None = None, prefix: str = "") -> T:
+    """Build `cls` from parsed flags: fields whose flag was not given keep `base`'s value."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, prefix + f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return from_dict(cls, values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Inverse of `to_dict`; lists become tuples where the field is a tuple; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    out = {}
+    for k, v in values.items():
+        typ = _field_type(cls, names[k])
+        if typing.get_origin(typ) is tuple and isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        out[k] = v
+    return cls(**out)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (temp file + rename), dataclasses converted."""
+    path = Path(path)
+    data = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in obj.items()} \
+        if isinstance(obj, dict) else to_dict(obj)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
