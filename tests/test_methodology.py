@@ -1,0 +1,93 @@
+"""Learning-curve fit, diagnosis rules, learning-rate sweep (DL book 11.3, 11.4.1, 11.5)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from transcribe import methodology as M
+
+SIZES = np.array([125, 250, 500, 1000, 2000], dtype=float)
+
+
+def test_fit_power_law_recovers_known_law_with_offset():
+    err = 3.0 * SIZES ** -0.5 + 0.01
+    fit = M.fit_power_law(SIZES, err)
+    assert fit.with_offset
+    assert fit.a == pytest.approx(3.0, rel=1e-3)
+    assert fit.b == pytest.approx(0.5, rel=1e-3)
+    assert fit.c == pytest.approx(0.01, abs=1e-4)
+    # examples_needed inverts the law: 3 n^-0.5 + 0.01 = 0.02  <=>  n = (3 / 0.01)^2 = 90,000
+    assert M.examples_needed(fit, 0.02) == pytest.approx(90_000, rel=1e-2)
+    assert fit(M.examples_needed(fit, 0.05)) == pytest.approx(0.05, rel=1e-9)
+    assert M.examples_needed(fit, 0.005) == math.inf  # below the irreducible error c
+
+
+def test_fit_power_law_noisy_points_and_pure_law_with_three_sizes():
+    rng = np.random.default_rng(0)
+    err = 2.0 * SIZES ** -0.7 * np.exp(rng.normal(0, 0.02, len(SIZES)))
+    fit = M.fit_power_law(SIZES, err, with_offset=False)
+    assert fit.c == 0.0 and fit.a == pytest.approx(2.0, rel=0.3) and fit.b == pytest.approx(0.7, abs=0.05)
+    # three sizes: three parameters would interpolate, so the pure law is fitted
+    fit3 = M.fit_power_law(SIZES[:3], 2.0 * SIZES[:3] ** -0.7)
+    assert not fit3.with_offset and fit3.b == pytest.approx(0.7, rel=1e-6)
+    with pytest.raises(ValueError, match="distinct"):
+        M.fit_power_law([100, 100], [0.5, 0.4])
+
+
+def test_bootstrap_interval_brackets_the_point_estimate():
+    err = 3.0 * SIZES ** -0.5 + 0.005
+    fit = M.fit_power_law(SIZES, err)
+    point = M.examples_needed(fit, 0.05)
+    ci = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=2000, reps=200, seed=1)
+    assert ci["lo"] < point < ci["hi"]
+    assert 0 <= ci["unreachable"] < 0.1
+    # the interval narrows as the validation set that measures each point grows
+    ci_big = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=200_000, reps=200, seed=1)
+    assert ci_big["hi"] - ci_big["lo"] < ci["hi"] - ci["lo"]
+
+
+@pytest.mark.parametrize("train,val,test,regime", [
+    (0.30, 0.35, None, "underfitting"),     # training error far above the 2% target
+    (0.01, 0.20, None, "overfitting"),      # training fine, validation much worse
+    (0.96, 0.985, None, "defect"),          # both near chance: nothing learned
+    (0.40, 0.05, None, "defect"),           # validation far better than training
+    (float("nan"), 0.10, None, "defect"),   # diverged
+    (0.010, 0.015, None, "ok"),             # both within tolerance of 2%
+    (0.010, 0.015, 0.30, "defect"),         # test far worse than validation: evaluation mismatch
+    (0.010, 0.015, 0.08, "overfitting"),    # the test error decides once given
+])
+def test_diagnose_names_the_regime(train, val, test, regime):
+    d = M.diagnose(train, val, test, target_err=0.02)
+    assert d.regime == regime, d.reasons
+    assert d.reasons and d.next_steps
+
+
+def test_diagnose_next_steps_follow_the_chapter():
+    assert "lr-sweep" in " ".join(M.diagnose(0.3, 0.35).next_steps)
+    assert "learning-curve" in " ".join(M.diagnose(0.01, 0.2).next_steps)
+    assert "transcribe check" in " ".join(M.diagnose(0.97, 0.99).next_steps)
+    # a looser target turns the same numbers from underfitting into ok
+    assert M.diagnose(0.08, 0.09, target_err=0.10).regime == "ok"
+
+
+def test_lr_grid_and_best_rate():
+    assert M.lr_grid() == [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316, 1.0]
+    rows = [{"lr": 1e-3, "train_err": 0.6}, {"lr": 1e-2, "train_err": 0.2}, {"lr": 1e-1, "train_err": 1.0}]
+    assert M.best_rate(rows)["lr"] == 1e-2
+
+
+def test_run_errors_reads_best_and_last_rows(tmp_path):
+    rows = [dict(step=10, epoch=0, lr=0.1, train_loss=5.0, train_seq_acc=0.1, train_char_acc=0.3,
+                 val_loss=5.0, val_seq_acc=0.2, val_char_acc=0.3, seconds=1.0),
+            dict(step=20, epoch=1, lr=0.1, train_loss=2.0, train_seq_acc=0.7, train_char_acc=0.8,
+                 val_loss=2.5, val_seq_acc=0.6, val_char_acc=0.7, seconds=2.0),
+            dict(step=30, epoch=2, lr=0.1, train_loss=1.0, train_seq_acc=0.9, train_char_acc=0.9,
+                 val_loss=3.0, val_seq_acc=0.5, val_char_acc=0.6, seconds=3.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    e = M.run_errors(M.read_metrics(tmp_path))
+    assert e["best"]["step"] == 20 and e["best"]["val_err"] == pytest.approx(0.4)
+    assert e["last"]["train_err"] == pytest.approx(0.1) and not e["nonfinite"]
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        M.read_metrics(tmp_path / "nope")
