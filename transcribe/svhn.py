@@ -38,6 +38,7 @@ import numpy as np
 # are excluded from training data and counted (the full train split has one: 6 digits).
 MAX_DIGITS = 5
 MAT_NAME = "digitStruct.mat"
+_CORE_DRIVER_MAX_BYTES = 1 << 30  # .mat files below 1 GiB are parsed in memory (train's is ~0.1 GB)
 BOX_FIELDS = ("left", "top", "width", "height")  # order of a box tuple
 _MAT_FIELDS = ("height", "left", "top", "width", "label")  # order MATLAB stores them in
 
@@ -101,10 +102,14 @@ def _read_entries(path: Path) -> list[_Entry]:
     """Parse the v7.3 layout with h5py's low-level API (about 3x faster than the high-level
     one, which matters for 33k-200k entries: each entry is ~12 tiny HDF5 objects)."""
     import h5py
-    from h5py import h5d, h5r, h5s
+    from h5py import h5d, h5r, h5s, h5t
 
     try:
-        f = h5py.File(path, "r")
+        # Small files are read into memory whole (driver "core"): tens of thousands of tiny
+        # objects are then dereferenced without a system call each (measured ~1.3-2x faster).
+        small = path.stat().st_size < _CORE_DRIVER_MAX_BYTES
+        f = h5py.File(path, "r", driver="core" if small else None, backing_store=False) if small \
+            else h5py.File(path, "r")
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({e})") from None
     with f:
@@ -131,16 +136,29 @@ def _read_entries(path: Path) -> list[_Entry]:
         fid = f.id
         all_ = h5s.ALL
         obj_dtype = np.dtype(object)
+        one = np.empty((1, 1), dtype=np.float64)  # reused buffer for (1, 1) doubles
+        native_double = h5t.NATIVE_DOUBLE
 
         def read(dsid):  # whole dataset -> numpy array
             a = np.empty(dsid.shape, dsid.dtype)
             dsid.read(all_, all_, a)
             return a
 
+        def scalar(dsid) -> float:
+            # Fast path for the (1, 1) double every digit's value is stored as: read into a
+            # preallocated buffer, skipping the shape/dtype queries (~4x faster per value).
+            if dsid.get_storage_size() == 8 and dsid.get_space().get_simple_extent_npoints() == 1:
+                dsid.read(all_, all_, one, mtype=native_double)
+                return float(one[0, 0])
+            a = read(dsid)
+            if a.size != 1 or a.dtype.kind not in "fiu":
+                raise ValueError(f"a digit's value should be a (1, 1) number, found {a.dtype} {a.shape}")
+            return float(a.ravel()[0])
+
         def values(gid, key: bytes) -> list[float]:
             a = read(h5d.open(gid, key))
             if a.dtype == obj_dtype:  # (n, 1) references, one (1, 1) double per digit
-                return [float(read(h5r.dereference(r, fid)).ravel()[0]) for r in a.ravel()]
+                return [scalar(h5r.dereference(r, fid)) for r in a.ravel()]
             if a.dtype.kind == "f":  # (1, 1) double: a one-digit number
                 return [float(v) for v in a.ravel()]
             if a.dtype == np.uint64 and a.shape == (2,):  # MATLAB's empty []: stores its dims
