@@ -1,0 +1,151 @@
+"""evaluation.py end to end on a tiny run trained here on real SVHN photos: evaluate, predict."""
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from transcribe import crops, metrics, svhn
+from transcribe.cli import main
+from transcribe.evaluation import (evaluate, predict, predict_rows, read_predictions, read_threshold,
+                                   split_cache)
+
+N_TRAIN, N_TEST = 60, 12
+
+
+def _format1(src: Path, records, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for r in records:
+        shutil.copy(src / r.file, dest / r.file)
+    svhn.write_digitstruct(dest / "digitStruct.mat", records)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """data/svhn/{train,test} in format 1 (72 real photos) and a tiny model trained for 20 steps."""
+    import torch
+    from transcribe import dataset, model, training
+    sample = SHARED_DATA / "svhn-sample" / "train"
+    if not sample.exists():
+        pytest.skip(f"real SVHN data not found at {sample}")
+    root = tmp_path_factory.mktemp("evalrun")
+    records = svhn.read_split(sample).records[: N_TRAIN + N_TEST]
+    _format1(sample, records[:N_TRAIN], root / "svhn" / "train")
+    _format1(sample, records[N_TRAIN:], root / "svhn" / "test")
+    data_cfg = dataset.DataConfig(train=(str(root / "svhn" / "train"),), val_size=12, seed=0,
+                                  cache_dir=str(root / "cache"))
+    train_cfg = training.TrainConfig(out=str(root / "run"), preset="tiny", steps=20, batch_size=16, lr=0.01,
+                                     eval_every=10, eval_limit=0, progress=False, hist_every=0, device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        run = training.train(model.PRESETS["tiny"], data_cfg, train_cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(run), root, records
+
+
+def test_evaluate_val_then_test_reuses_the_validation_threshold(tiny_run, capsys):
+    run, root, records = tiny_run
+    (run / "threshold.json").unlink(missing_ok=True)
+    # test first: there is no threshold yet, so validation is evaluated first and chooses it.
+    result = evaluate(run, "test", target=0.98, gallery_n=5)
+    out = capsys.readouterr().out
+    assert "evaluating the validation split first" in out
+    assert "coverage at 98.00% (validation threshold)" in out and "best achievable" in out
+    saved = read_threshold(run)
+    assert saved["chosen_on"] == "val" and saved["checkpoint"] == "best" and saved["target"] == 0.98
+    val_rows = read_predictions(run / "eval" / "val" / "predictions.jsonl")
+    assert len(val_rows) == 12
+    assert saved["threshold"] == metrics.threshold_for_accuracy(metrics.confidences(val_rows),
+                                                                metrics.correctness(val_rows), 0.98)
+    # The test split: the 12 photos of the sibling test folder, scored with the validation threshold.
+    rows = read_predictions(run / "eval" / "test" / "predictions.jsonl")
+    assert [r["file"] for r in rows] == [r.file for r in records[N_TRAIN:]]
+    assert [r["truth"] for r in rows] == [r.text for r in records[N_TRAIN:]]
+    rep = json.loads((run / "eval" / "test" / "report.json").read_text())
+    assert rep["threshold"]["value"] == saved["threshold"] and rep["threshold"]["source"] == "chosen on validation"
+    expected = metrics.report(rows, threshold=saved["threshold"], threshold_source="chosen on validation")
+    assert rep["threshold"]["coverage"] == expected["threshold"]["coverage"]
+    assert rep["sequence_accuracy"] == pytest.approx(expected["sequence_accuracy"])
+    # Every row follows the predictions.jsonl contract.
+    for r in rows:
+        assert Path(r["image"]).is_absolute() and Path(r["image"]).exists()
+        assert r["pred"] == "" or r["pred"] == ">5" or r["pred"].isdigit()
+        assert r["confidence"] <= 1e-6 and r["adhoc_confidence"] <= 1e-6
+        assert len(r["length_probs"]) == 7 and sum(r["length_probs"]) == pytest.approx(1, abs=1e-3)
+        assert np.array(r["digit_probs"]).shape == (5, 10)
+        assert len(r["box"]) == 4
+    for name in ("report.md", "gallery.html", "mistakes.png", "accuracy_coverage.png", "reliability.png",
+                 "principled_vs_adhoc.png", "confidence_hist.png"):
+        assert (run / "eval" / "test" / name).exists() or (name == "mistakes.png" and rep["mistakes"] == 0), name
+    assert list((run / "eval" / "test" / "tb").glob("events.*"))
+    assert result["gallery"] == run / "eval" / "test" / "gallery.html"
+
+
+def test_predict_rows_match_the_cache_and_predict_on_the_full_photo(tiny_run):
+    """A full photo + its number box through `predict` gives exactly the cache row's prediction."""
+    from transcribe.evaluation import load_run
+    run, root, records = tiny_run
+    if read_threshold(run) is None:
+        evaluate(run, "val", gallery_n=2)
+    model, ckpt, data_cfg = load_run(run)
+    cache = split_cache("test", data_cfg)
+    rows = predict_rows(model, cache, indices=[0, 3], batch_size=1)
+    rec = records[N_TRAIN + 3]
+    assert rows[1]["file"] == rec.file and rows[1]["truth"] == rec.text
+    assert rows[1]["box"] == pytest.approx(list(crops.widen(crops.number_box(rec.boxes), data_cfg.widen)), abs=0.01)
+    photo = root / "svhn" / "test" / rec.file
+    got, problems = predict([photo], run, box=crops.number_box(rec.boxes))
+    assert problems == [] and got[0]["pred"] == rows[1]["pred"]
+    assert got[0]["confidence"] == pytest.approx(rows[1]["confidence"], abs=1e-5)
+
+
+def _set_threshold(run: Path, value):
+    saved = read_threshold(run)
+    (run / "threshold.json").write_text(json.dumps({**saved, "threshold": value}))
+
+
+def test_predict_command_accepts_or_refers_and_writes_csv(tiny_run, capsys, tmp_path):
+    run, root, records = tiny_run
+    if read_threshold(run) is None:
+        evaluate(run, "val", gallery_n=2)
+    original = read_threshold(run)
+    photo = root / "svhn" / "test" / records[N_TRAIN].file
+    box = ",".join(f"{v:g}" for v in crops.number_box(records[N_TRAIN].boxes))
+    try:
+        _set_threshold(run, -1e9)  # accept everything
+        assert main(["predict", str(photo), "--box", box, "--run", str(run)]) == 0
+        line = capsys.readouterr().out.strip()
+        assert line.startswith(f"{photo}: ") and "confidence" in line and "refer" not in line
+        _set_threshold(run, 0.0)  # log P < 0 always: refer everything
+        assert main(["predict", str(photo), "--box", box, "--run", str(run)]) == 0
+        assert "refer to a human" in capsys.readouterr().out
+        # A folder: every image, CSV out; an unreadable file is reported, not skipped silently.
+        folder = tmp_path / "photos"
+        shutil.copytree(root / "svhn" / "test", folder)
+        (folder / "broken.png").write_bytes(b"not a png")
+        assert main(["predict", str(folder), "--run", str(run), "--csv", str(tmp_path / "out.csv")]) == 1
+        err = capsys.readouterr().err
+        assert "broken.png" in err and "1 unreadable" in err
+        with open(tmp_path / "out.csv") as f:
+            table = list(csv.DictReader(f))
+        assert len(table) == N_TEST + 1
+        assert table[0]["file"].endswith("/" + records[N_TRAIN].file)  # natural order: 61.png before 62.png
+        assert {r["decision"] for r in table} == {"refer", "unreadable"}
+        assert all(r["transcription"] == "" for r in table)
+        assert all(0 < float(r["confidence"]) < 1 and math.isclose(math.log(float(r["confidence"])),
+                                                                    float(r["log_confidence"]), abs_tol=1e-3)
+                   for r in table if r["decision"] == "refer")
+    finally:
+        (run / "threshold.json").write_text(json.dumps(original))
+
+
+def test_predict_without_threshold_says_what_to_do(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "x.png"), "--run", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "threshold.json: no refusal threshold yet" in err and "--split val" in err
