@@ -385,6 +385,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
 
     out = Path(cfg.out)
     last_path = out / CKPT_LAST
+    resumed = last_path.exists()  # decided before any rank can write a checkpoint (see the barrier)
     try:
         # ---- data: uint8 arrays on the training device, batches cut on the device ------------
         if ddp and not master:
@@ -418,16 +419,15 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
         state = {"step": 0, "elapsed": 0.0, "best": -1.0, "best_step": -1, "bad_evals": 0,
                  "stopped": "", "plateau": {"scale": 1.0, "best": -1.0, "bad": 0}}
-        resumed = last_path.exists()
         if resumed:
-            ckpt = read_checkpoint(last_path, device)
+            ckpt = read_checkpoint(last_path)  # on the CPU: RNG states must stay there
             _check_resume(ckpt, model_cfg, data_cfg, cfg, last_path)
             raw_model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             state = ckpt["state"]
             set_rng_state(ckpt["rng"])
         elif cfg.init:
-            init = read_checkpoint(cfg.init, device)
+            init = read_checkpoint(cfg.init)
             try:
                 raw_model.load_state_dict(init["model"])
             except RuntimeError as e:
@@ -545,7 +545,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             gen = dataset.batch_generator(cfg.seed, epoch, step)  # CPU generator: same crops on any device
             x_all = dataset.prepare_batch(train_images[idx], data_cfg.crop, True, gen)  # (B, 3, crop, crop)
             y_len_all, y_dig_all = train_lengths[idx], train_digits[idx]                 # (B,), (B, 5)
-            probe = Probe(raw_model) if instrument else None
+            probe = Probe(raw_model) if instrument and not cfg.compile else None  # hooks would recompile
             for a in range(cfg.accum):
                 part = slice((rank * cfg.accum + a) * micro, (rank * cfg.accum + a + 1) * micro)
                 x = x_all[part]
@@ -567,7 +567,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 for name, p in raw_model.named_parameters():
                     if p.grad is not None:
                         writer.add_histogram(f"grad/{name}", p.grad.detach().float().cpu(), step + 1)
-                for name, act in probe.outputs.items():
+                for name, act in (probe.outputs if probe else {}).items():
                     writer.add_histogram(f"activation/{name}", act, step + 1)
                     if name.startswith("out/"):  # how often units are off (sec. 11.5; maxout: <= 0)
                         writer.add_scalar(f"off_fraction/{name[4:]}", float((act <= 0).float().mean()), step + 1)
