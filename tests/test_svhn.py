@@ -87,6 +87,9 @@ def test_write_read_round_trip(tmp_path):
         assert f[f["digitStruct/name"][0, 0]].attrs["MATLAB_class"] == b"char"
         assert g["left"].attrs["MATLAB_class"] == b"double"
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+    with pytest.raises(ValueError, match="cannot write record '9.png'"):
+        svhn.write_digitstruct(path, [Record("9.png", (1, 2), ((1.0, 2.0, 3.0, 4.0),))])
+    assert svhn.read_digitstruct(path) == _records()  # the failed write left the old file intact
 
 
 def test_read_split_skips_unusable_entries_with_reasons(tmp_path):

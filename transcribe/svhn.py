@@ -34,9 +34,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-# The model has 5 digit heads (Goodfellow et al. 2014, sec. 5.1: "we limit N to 5"); its
-# length head has a ">5" class, but a number that long has no digit targets, so such photos
-# are excluded from training data and counted (the full train split has one: 6 digits).
+# Digit positions of the model (Goodfellow et al. 2014 model at most 5 digits; their length
+# head has a ">5" class, but a longer number has no digit targets), so such photos are
+# excluded from the usable records and counted (the full train split has one: 6 digits).
 MAX_DIGITS = 5
 MAT_NAME = "digitStruct.mat"
 _FAST_PARSER = True  # read digitStruct.mat with _MatParser (False: h5py only; tests compare both)
@@ -397,6 +397,11 @@ def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> Non
 
     path = Path(path)
     records = list(records)
+    for rec in records:
+        if len(rec.boxes) != len(rec.digits) or not all(0 <= d <= 9 for d in rec.digits) \
+                or not all(len(b) == 4 for b in rec.boxes):
+            raise ValueError(f"{path}: cannot write record {rec.file!r}: digits must be 0-9 with one "
+                             f"(left, top, width, height) box each, got {rec.digits} and {rec.boxes}")
     vlen_s1 = h5py.vlen_dtype(np.dtype("S1"))
 
     def fields_attr(names: Sequence[str]) -> np.ndarray:  # MATLAB_fields: vlen arrays of chars
@@ -700,11 +705,12 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool 
             members = tar.getmembers()  # reads the whole stream: truncation fails here
             for m in members:
                 _check_member(archive, root, m)
+            # The 'data' filter (Python >= 3.11.4) re-checks the same and drops owners and
+            # odd permissions; the check above is what gives the clear message.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             for m in tqdm(members, desc=f"extract {archive.name}", unit="file",
                           disable=not progress or None):
-                # The 'data' filter (Python >= 3.11.4) re-checks the same and drops
-                # permissions/owners from the archive; our check above gives the clear message.
-                tar.extract(m, dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extract(m, dest)
+                tar.extract(m, dest, **safe)
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError) as e:
