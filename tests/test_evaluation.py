@@ -149,3 +149,22 @@ def test_predict_without_threshold_says_what_to_do(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "x.png"), "--run", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "threshold.json: no refusal threshold yet" in err and "--split val" in err
+
+
+def test_ablation_trains_each_widening_on_the_same_photos(tiny_run, tmp_path):
+    import importlib.util
+    run, root, records = tiny_run
+    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).parents[1] / "scripts" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    table = ablation.ablation((str(root / "svhn" / "train"),), tmp_path / "abl", widths=(1.0, 1.3), preset="tiny",
+                              steps=4, gallery_n=1, say=lambda *a: None, batch_size=16, eval_every=2, eval_limit=0,
+                              progress=False, hist_every=0, device="cpu", val_size=12,
+                              cache_dir=str(root / "cache"))
+    rows = [line for line in table.splitlines() if line.startswith("| 1")]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "1.3"]
+    narrow = read_predictions(tmp_path / "abl" / "widen-1" / "eval" / "test" / "predictions.jsonl")
+    wide = read_predictions(tmp_path / "abl" / "widen-1.3" / "eval" / "test" / "predictions.jsonl")
+    assert [r["file"] for r in narrow] == [r["file"] for r in wide]
+    assert wide[0]["box"][2] == pytest.approx(1.3 * narrow[0]["box"][2], rel=1e-3)
+    assert (tmp_path / "abl" / "ablation.md").read_text() == table
