@@ -543,6 +543,8 @@ def render(digits: tuple[int, ...], rng: np.random.Generator, stats: dict | None
         pad = slack * (py.max() - py.min()) / S
         left, top = math.floor(px.min() / S - pad), math.floor(py.min() / S - pad)
         right, bottom = math.ceil(px.max() / S + pad), math.ceil(py.max() / S + pad)
+        # within the photo: SVHN's boxes leave it in 0.6% of photos (12 of svhn-sample's 2,000)
+        left, top, right, bottom = max(left, 0), max(top, 0), min(right, W), min(bottom, H)
         boxes.append((float(left), float(top), float(max(1, right - left)), float(max(1, bottom - top))))
 
     # --- composite: wall, clutter, plate, border, shadow, digits
