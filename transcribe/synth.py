@@ -373,7 +373,7 @@ def _paste_char(clutter, rng: np.random.Generator, h_num: float, cy: float, ox: 
     from PIL import Image
 
     # near the number only letters: a digit there would read as part of the number (label noise)
-    chars = LETTERS if near else LETTERS + "0123456789"
+    chars = LETTERS if near or rng.random() < 0.5 else "0123456789"
     ch = chars[rng.integers(len(chars))]
     font_c = _font_paths()[rng.integers(len(_font_paths()))]
     g = _glyph(font_c, ch)
@@ -385,7 +385,8 @@ def _paste_char(clutter, rng: np.random.Generator, h_num: float, cy: float, ox: 
         gap = h_num * rng.uniform(0.4, 0.8)
         gx = int(ox - gap - ch_w) if left_side else int(math.ceil(ox + num_w + gap))
     else:
-        gx = int(ox - ch_w * rng.uniform(0.4, 1.0) - 0.3 * h_num) if left_side else int(ox + num_w + 0.3 * h_num)
+        # at least 0.6 digit heights away (the widest gap inside a number is 0.35): not read as a digit of it
+        gx = int(ox - ch_w - 0.6 * h_num) if left_side else int(math.ceil(ox + num_w + 0.6 * h_num))
         gx = min(gx, -ch_w // 3) if left_side else max(gx, W - (2 * ch_w) // 3)
     clutter.paste(m, (gx, int(cy - ch_h / 2 + rng.normal(0, 0.2) * h_num)), m)
 
