@@ -40,11 +40,11 @@ def test_bootstrap_interval_brackets_the_point_estimate():
     err = 3.0 * SIZES ** -0.5 + 0.005
     fit = M.fit_power_law(SIZES, err)
     point = M.examples_needed(fit, 0.05)
-    ci = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=2000, reps=200, seed=1)
+    ci = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=2000, reps=100, seed=1)
     assert ci["lo"] < point < ci["hi"]
     assert 0 <= ci["unreachable"] < 0.1
     # the interval narrows as the validation set that measures each point grows
-    ci_big = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=200_000, reps=200, seed=1)
+    ci_big = M.bootstrap_examples_needed(SIZES, err, 0.05, n_eval=200_000, reps=100, seed=1)
     assert ci_big["hi"] - ci_big["lo"] < ci["hi"] - ci["lo"]
 
 
@@ -91,3 +91,103 @@ def test_run_errors_reads_best_and_last_rows(tmp_path):
     assert e["last"]["train_err"] == pytest.approx(0.1) and not e["nonfinite"]
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         M.read_metrics(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands, on tiny synthetic photos (seconds)
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    from transcribe import dataset, synth
+    root = tmp_path_factory.mktemp("methodology")
+    synth.generate(root / "train", 80, seed=0)
+    return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_subset_keeps_the_validation_split_and_nests(tiny_cache, tmp_path):
+    from transcribe import dataset
+    cfg = dataset.DataConfig(train=(str(tiny_cache),), val_fraction=0.25, seed=3)
+    full_train, val = dataset.load_splits(cfg, progress=False)
+    sub20 = dataset.load_splits(M.subset_data_config(cfg, 20, tmp_path), progress=False)
+    sub40 = dataset.load_splits(M.subset_data_config(cfg, 40, tmp_path), progress=False)
+    for t, v in (sub20, sub40):
+        assert list(v.files) == list(val.files) and np.array_equal(v.images, val.images)
+        assert set(t.files) <= set(full_train.files) and not set(t.files) & set(val.files)
+    assert len(sub20[0]) == 20 and len(sub40[0]) == 40 and set(sub20[0].files) <= set(sub40[0].files)
+
+
+def test_learning_curve_command_on_tiny_data(tiny_cache, tmp_path, one_thread, capsys):
+    from transcribe.cli import main
+    out = tmp_path / "lc"
+    assert main(["learning-curve", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
+                 "--sizes", "15", "30", "60", "--batch-size", "15", "--min-steps", "6", "--max-steps", "8",
+                 "--evals", "2", "--bootstrap", "50", "--out", str(out)]) == 0
+    res = json.loads((out / "learning_curve.json").read_text())
+    assert [p["n"] for p in res["points"]] == [15, 30, 60]
+    assert res["n_val"] == 20 and not res["fit"]["with_offset"]  # 3 sizes: the pure law
+    assert all(0 <= p["val_err"] <= 1 for p in res["points"])
+    assert (out / "learning_curve.png").stat().st_size > 0 and "| 60 |" in (out / "learning_curve.md").read_text()
+    # each size trained on exactly that many photos with the full validation split
+    cfg = json.loads((out / "n30-seed0" / "config.json").read_text())
+    assert cfg["data"]["val_size"] == 20 and cfg["train"]["eval_limit"] == 0
+    assert "Photos needed for 2.0% error" in capsys.readouterr().out
+
+
+def _fake_train(curve):
+    """A stand-in for training.train writing one metrics row whose training error is curve(lr)."""
+    def train(model_cfg, data_cfg, cfg):
+        from pathlib import Path
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        err = curve(cfg.lr)
+        loss = float("nan") if err is None else 5 * err
+        row = dict(step=cfg.steps, epoch=1, lr=cfg.lr, train_loss=loss, train_seq_acc=float("nan") if err is None else 1 - err,
+                   train_char_acc=0.5, val_loss=loss, val_seq_acc=0.5, val_char_acc=0.5, seconds=0.1)
+        (out / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        return out
+    return train
+
+
+def test_lr_sweep_finds_the_bottom_of_the_u_curve(tmp_path, monkeypatch, capsys):
+    from transcribe import training
+    from transcribe.cli import main
+    # U-shaped in log10(lr) with its minimum at 1e-2; above 0.3 the run diverges (NaN)
+    monkeypatch.setattr(training, "train", _fake_train(
+        lambda lr: None if lr > 0.3 else min(1.0, 0.1 + 0.2 * (math.log10(lr) + 2) ** 2)))
+    assert main(["lr-sweep", "--train", "nowhere", "--out", str(tmp_path), "--steps", "5"]) == 0
+    res = json.loads((tmp_path / "lr_sweep.json").read_text())
+    assert [r["lr"] for r in res["rows"]] == M.lr_grid()
+    assert res["best_lr"] == 1e-2
+    div = [r for r in res["rows"] if r["diverged"]]
+    assert [r["lr"] for r in div] == [0.316, 1.0] and all(r["train_err"] == 1.0 for r in div)
+    assert (tmp_path / "lr_sweep.png").stat().st_size > 0
+
+
+def test_lr_sweep_real_tiny_runs(tiny_cache, tmp_path, one_thread):
+    from transcribe.cli import main
+    assert main(["lr-sweep", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
+                 "--batch-size", "16", "--steps", "4", "--lrs", "1e-3", "0.1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "lr_sweep.json").read_text())
+    assert len(res["rows"]) == 2 and res["best_lr"] in (1e-3, 0.1)
+    assert json.loads((tmp_path / "lr0.1" / "config.json").read_text())["train"]["schedule"] == "const"
+
+
+def test_diagnose_command_reads_a_run(tmp_path, capsys):
+    from transcribe.cli import main
+    row = dict(step=100, epoch=3, lr=0.01, train_loss=0.1, train_seq_acc=0.995, train_char_acc=0.999,
+               val_loss=1.5, val_seq_acc=0.80, val_char_acc=0.9, seconds=10.0)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["diagnose", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "OVERFITTING" in out and "20.00%" in out and "learning-curve" in out
+    with pytest.raises(SystemExit, match="metrics.jsonl"):
+        main(["diagnose", str(tmp_path / "missing")])

@@ -252,10 +252,14 @@ def lr_grid(lo: float = LR_GRID[0], hi: float = LR_GRID[1], per_decade: int = LR
 
 
 def best_rate(rows: list[dict]) -> dict:
-    """The row with the lowest training error (ties: the smaller rate, the safer side of fig. 11.1)."""
+    """The row with the lowest training error; ties (e.g. all 100% after a short budget) go to the
+    lower training loss, then the smaller rate (the safer side of fig. 11.1)."""
     if not rows:
         raise ValueError("best_rate: no rows")
-    return min(rows, key=lambda r: (r["train_err"], r["lr"]))
+    def loss(r):
+        x = r.get("train_loss", math.inf)
+        return x if x is not None and math.isfinite(x) else math.inf
+    return min(rows, key=lambda r: (r["train_err"], loss(r), r["lr"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +302,9 @@ def run_errors(rows: list[dict]) -> dict:
 
 
 def _fmt_n(x: float) -> str:
-    return "never" if not math.isfinite(x) else f"{x:,.0f}"
+    if not math.isfinite(x):
+        return "never"
+    return f"{x:,.0f}" if x < 1e7 else f"{x:.1e}"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -317,3 +323,379 @@ def _save_figure(fig, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the training-driven commands (learning-curve, lr-sweep, search)
+
+
+def add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the configurations come from: a config file and/or a preset and data folders."""
+    parser.add_argument("--config", default=None, metavar="FILE.json",
+                        help='base {"model", "data", "train"} (a run\'s config.json or a search\'s best.json)')
+    parser.add_argument("--preset", default=None, help="model preset (default: the config's model, else tiny)")
+    parser.add_argument("--train", nargs="+", default=None, metavar="FOLDER",
+                        help="format-1 folders or .h5 caches (default: the config's data)")
+    parser.add_argument("--val-fraction", type=float, default=None, help="held out for validation (default: config's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: config's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per training run")
+    parser.add_argument("--out", required=True, help="folder for the runs and the results")
+
+
+def base_configs(args: argparse.Namespace):
+    """(model_cfg, data_cfg, train_cfg) from --config, then --preset/--train/... overrides."""
+    from . import config as C
+    from .dataset import DataConfig
+    from .model import PRESETS, ModelConfig
+    from .training import TrainConfig
+    base: dict = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{args.config}: cannot read the configuration ({e})") from None
+        if not isinstance(base, dict) or not set(base) <= {"model", "data", "train"}:
+            raise SystemExit(f"{args.config}: expected a JSON object with keys model, data, train")
+    train_cfg = C.from_dict(TrainConfig, base.get("train", {}))
+    if args.preset or "model" not in base:
+        name = args.preset or "tiny"
+        if name not in PRESETS:
+            raise SystemExit(f"--preset {name!r}: choose one of {sorted(PRESETS)}")
+        model_cfg, train_cfg = PRESETS[name], dataclasses.replace(train_cfg, preset=name)
+    else:
+        model_cfg = C.from_dict(ModelConfig, base["model"])
+    data_cfg = C.from_dict(DataConfig, base.get("data", {}))
+    if args.train:
+        data_cfg = dataclasses.replace(data_cfg, train=tuple(args.train))
+    if args.val_fraction is not None:
+        data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction, val_size=0)
+    changes = {"progress": False}
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
+    if args.threads:
+        changes["threads"] = args.threads
+    return model_cfg, data_cfg, dataclasses.replace(train_cfg, **changes)
+
+
+def run_result(run_dir: str | Path) -> dict:
+    """Errors of a finished run: at its best-validation row (what early stopping keeps) and last row."""
+    e = run_errors(read_metrics(run_dir))
+    return {"run": str(run_dir), "train_err": e["best"]["train_err"], "val_err": e["best"]["val_err"],
+            "best_step": e["best"]["step"], "last_train_err": e["last"]["train_err"],
+            "last_val_err": e["last"]["val_err"], "last_train_loss": e["last"]["train_loss"],
+            "nonfinite": e["nonfinite"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training subsets with a fixed validation split
+
+
+def _write_cache(path: Path, images, lengths, digits, files, boxes, folder: str) -> None:
+    """An .h5 file in the layout dataset.load_cache reads (written atomically)."""
+    import h5py
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("lengths", data=np.asarray(lengths, np.int64))
+        f.create_dataset("digits", data=np.asarray(digits, np.int64))
+        f.create_dataset("files", data=np.asarray(files, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("boxes", data=np.asarray(boxes, np.float32))
+        f.attrs["summary"] = json.dumps({"folder": folder, "usable": int(len(lengths)),
+                                         "note": "training subset for transcribe learning-curve"})
+        f.attrs["parameters"] = json.dumps({"subset_of": folder})
+    tmp.replace(path)
+
+
+def subset_data_config(data_cfg, n: int, folder: Path, seed: int = 0):
+    """A DataConfig whose training side is n photos of `data_cfg`'s training side and whose
+    validation side is exactly `data_cfg`'s validation split.
+
+    Subsets are nested (the first n of one seeded order), so a larger size only adds photos.
+    If DataConfig has a `train_size` field it is used directly. Otherwise one pooled .h5
+    holding val + the n photos is written, with the validation photos placed at the rows that
+    load_splits holds out for that pool size, val size and seed (found with a probe pool), and
+    the result is verified by loading it back: a clear error if load_splits ever splits otherwise.
+    """
+    from . import dataset
+    fields = {f.name for f in dataclasses.fields(type(data_cfg))}
+    if "train_size" in fields:
+        return dataclasses.replace(data_cfg, train_size=n)
+    train, val = dataset.load_splits(data_cfg, progress=False)
+    if not 0 < n <= len(train):
+        raise ValueError(f"training-set size {n} is outside 1..{len(train)} (the training side of {data_cfg.train})")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
+    sub = train.subset(keep)
+    pool_n, k = n + len(val), len(val)
+    folder.mkdir(parents=True, exist_ok=True)
+    # which pool rows does load_splits hold out? ask it, on a pool of row numbers
+    probe = folder / f"probe-{pool_n}.h5"
+    _write_cache(probe, np.zeros((pool_n, 1, 1, 3), np.uint8), np.ones(pool_n), np.zeros((pool_n, 5)),
+                 [str(i) for i in range(pool_n)], np.zeros((pool_n, 4)), "probe")
+    probe_cfg = dataclasses.replace(data_cfg, train=(str(probe),), val_size=k, val_fraction=0.0)
+    _, pval = dataset.load_splits(probe_cfg, progress=False)
+    probe.unlink()
+    val_rows = np.array([int(f) for f in pval.files])
+    is_val = np.zeros(pool_n, bool)
+    is_val[val_rows] = True
+    order = np.empty(pool_n, np.int64)  # pool row -> row of concat(val, sub)
+    order[val_rows] = np.arange(k)
+    order[~is_val] = k + np.arange(n)
+    cat = lambda a, b: np.concatenate([a, b])[order]  # noqa: E731
+    path = folder / f"train{n}-seed{seed}.h5"
+    _write_cache(path, cat(val.images, sub.images), cat(val.lengths, sub.lengths), cat(val.digits, sub.digits),
+                 cat(val.files, sub.files), cat(val.boxes, sub.boxes), "+".join(data_cfg.train))
+    cfg = dataclasses.replace(data_cfg, train=(str(path),), val_size=k, val_fraction=0.0)
+    t2, v2 = dataset.load_splits(cfg, progress=False)
+    if not (np.array_equal(v2.files, val.files) and np.array_equal(v2.lengths, val.lengths)
+            and np.array_equal(t2.files, sub.files) and np.array_equal(v2.images, val.images)):
+        raise RuntimeError(f"{path}: load_splits did not reproduce the validation split; "
+                           "add DataConfig.train_size to dataset.py for learning curves")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Command: transcribe learning-curve
+
+
+def budget_steps(n: int, batch_size: int, epochs: float, min_steps: int, max_steps: int) -> int:
+    """Steps for a training-set size: `epochs` passes over it, at least min_steps, at most max_steps.
+
+    A fixed number of epochs gives every size the same number of looks at each photo, so small
+    sets are not starved of updates relative to their size; min_steps lets the smallest sets
+    converge (a few dozen steps would leave them underfitting, inflating the curve's slope),
+    max_steps bounds the compute of the largest. The best-validation row of each run is used
+    (early stopping), so extra steps on a small set cannot hurt its point through overfitting.
+    """
+    return int(min(max_steps, max(min_steps, math.ceil(epochs * n / batch_size))))
+
+
+def default_sizes(n_train: int, smallest: int = 125) -> list[int]:
+    """Doubling sizes from `smallest` up to the whole training side (11.3: log scale)."""
+    sizes, n = [], smallest
+    while n < n_train:
+        sizes.append(n)
+        n *= 2
+    if not sizes or n_train > sizes[-1] * 1.2:
+        sizes.append(n_train)
+    else:
+        sizes[-1] = n_train
+    return sizes
+
+
+def add_learning_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    add_base_arguments(parser)
+    parser.add_argument("--sizes", nargs="+", type=int, default=None,
+                        help="training-set sizes (default: 125, 250, ... doubling, then the whole training side)")
+    parser.add_argument("--smallest", type=int, default=125, help="first size of the default doubling")
+    parser.add_argument("--epochs", type=float, default=30, help="passes over each subset (see --min-steps/--max-steps)")
+    parser.add_argument("--min-steps", type=int, default=200, help="at least this many steps per size")
+    parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per size")
+    parser.add_argument("--evals", type=int, default=5, help="evaluations per run (early stopping picks the best)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per size (different weights, batches and subset)")
+    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the interval")
+
+
+def learning_curve_results(points: list[dict], target_err: float, n_eval: int, reps: int = 1000) -> dict:
+    """Fit err(n) to the validation errors of `points` ({"n", "train_err", "val_err", ...})."""
+    n = np.array([p["n"] for p in points], float)
+    val = np.array([p["val_err"] for p in points], float)
+    fit = fit_power_law(n, val)
+    need = examples_needed(fit, target_err)
+    ci = bootstrap_examples_needed(n, val, target_err, n_eval=n_eval, reps=reps, with_offset=fit.with_offset)
+    return {"target_err": target_err, "fit": dataclasses.asdict(fit), "examples_needed": need,
+            "interval": ci, "n_val": n_eval, "points": points}
+
+
+def learning_curve_markdown(res: dict) -> str:
+    f = res["fit"]
+    rows = [[p["n"], p.get("seed", 0), p["steps"], f"{100 * p['train_err']:.1f}%", f"{100 * p['val_err']:.1f}%",
+             f"{100 * PowerLaw(**f)(p['n']):.1f}%"] for p in res["points"]]
+    ci = res["interval"]
+    return ("# Learning curve\n\n" + _table(["training photos", "seed", "steps", "train error",
+                                             "validation error", "fit"], rows)
+            + f"\nValidation: {res['n_val']} photos (the same split at every size). "
+            + f"Fit: err(n) = {f['a']:.3g} n^-{f['b']:.3g} + {f['c']:.3g} (log-space residual rms {f['rmse_log']:.3f}"
+            + ("" if f["with_offset"] else "; c fixed at 0: fewer than 4 sizes") + ").\n"
+            + f"Photos needed for {100 * res['target_err']:.1f}% error: {_fmt_n(res['examples_needed'])} "
+            + f"({100 * ci['level']:.0f}% bootstrap interval {_fmt_n(ci['lo'])} .. {_fmt_n(ci['hi'])}; "
+            + f"{100 * ci['unreachable']:.0f}% of replicates never reach it).\n")
+
+
+def plot_learning_curve(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = res["points"]
+    n = np.array([p["n"] for p in pts], float)
+    fit = PowerLaw(**res["fit"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot(n, [100 * p["train_err"] for p in pts], "o", label="training error")
+    ax.plot(n, [100 * p["val_err"] for p in pts], "s", label="validation error")
+    need = res["examples_needed"]
+    hi = max(n.max() * 2, min(need * 1.5, n.max() * 1000) if math.isfinite(need) else n.max() * 4)
+    grid = np.geomspace(n.min(), hi, 200)
+    ax.plot(grid, 100 * fit(grid), "-", label=f"fit {fit.a:.3g} n^-{fit.b:.2f} + {100 * fit.c:.2f}%")
+    ax.axhline(100 * res["target_err"], ls="--", c="gray", label=f"target {100 * res['target_err']:.0f}%")
+    if math.isfinite(need) and need <= hi:
+        ax.axvline(need, ls=":", c="gray")
+    ax.set_xscale("log")
+    ax.set_xlabel("training photos (log scale)")
+    ax.set_ylabel("sequence error (%)")
+    ax.set_title("Learning curve (DL book 11.3)")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_learning_curve(args: argparse.Namespace) -> int:
+    from . import dataset
+    from .training import train
+    model_cfg, data_cfg, train_cfg = base_configs(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full_train, val = dataset.load_splits(data_cfg, progress=False)
+    sizes = sorted(set(args.sizes)) if args.sizes else default_sizes(len(full_train), args.smallest)
+    target_err = 1 - args.target
+    print(f"learning curve: sizes {sizes} of {len(full_train)} training photos, validation {len(val)} photos")
+    points = []
+    for n in sizes:
+        for seed in range(args.seeds):
+            steps = budget_steps(n, train_cfg.batch_size, args.epochs, args.min_steps, args.max_steps)
+            run = out / f"n{n}-seed{seed}"
+            d_cfg = subset_data_config(data_cfg, n, out / "subsets", seed)
+            t_cfg = dataclasses.replace(train_cfg, out=str(run), steps=steps, seed=train_cfg.seed + seed,
+                                        eval_every=max(1, math.ceil(steps / args.evals)), eval_limit=0,
+                                        batch_size=min(train_cfg.batch_size, n), patience=0)
+            if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < steps:
+                train(model_cfg, d_cfg, t_cfg)
+            r = run_result(run)
+            points.append({"n": n, "seed": seed, "steps": steps, **r})
+            print(f"  n={n:5d} seed {seed}: {steps} steps, train error {100 * r['train_err']:.1f}%, "
+                  f"validation error {100 * r['val_err']:.1f}% (best at step {r['best_step']})")
+    res = learning_curve_results(points, target_err, len(val), args.bootstrap)
+    res["budget"] = {"epochs": args.epochs, "min_steps": args.min_steps, "max_steps": args.max_steps,
+                     "batch_size": train_cfg.batch_size, "preset": train_cfg.preset}
+    _write_text(out / "learning_curve.json", json.dumps(res, indent=2, default=float) + "\n")
+    md = learning_curve_markdown(res)
+    _write_text(out / "learning_curve.md", md)
+    plot_learning_curve(res, out / "learning_curve.png")
+    print(md)
+    print(f"wrote {out / 'learning_curve.json'}, .md, .png")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Command: transcribe diagnose RUN
+
+
+def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder (reads metrics.jsonl)")
+    parser.add_argument("--test-error", type=float, default=None, help="sequence error on the test set, if measured")
+    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--chance", type=float, default=CHANCE_ERR, help="sequence error of guessing")
+    parser.add_argument("--row", choices=("best", "last"), default="best",
+                        help="metrics row to judge: best validation (what is kept) or last")
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    try:
+        e = run_errors(read_metrics(args.run))
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"transcribe diagnose: {err}") from None
+    row = e[args.row]
+    d = diagnose(row["train_err"], row["val_err"], args.test_error, 1 - args.target, args.chance,
+                 nonfinite=e["nonfinite"])
+    print(f"run {args.run}, {args.row} row (step {row['step']}): train loss {row['train_loss']:.4g}, "
+          f"validation loss {row['val_loss']:.4g}")
+    print(f"regime: {d.regime.upper()}")
+    for r in d.reasons:
+        print(f"  - {r}")
+    print("next:")
+    for s in d.next_steps:
+        print(f"  * {s}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Command: transcribe lr-sweep
+
+
+def add_lr_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    add_base_arguments(parser)
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="rates to try (default: the log grid)")
+    parser.add_argument("--lr-min", type=float, default=LR_GRID[0])
+    parser.add_argument("--lr-max", type=float, default=LR_GRID[1])
+    parser.add_argument("--per-decade", type=int, default=LR_GRID[2], help="grid points per decade (2 = half-decades)")
+    parser.add_argument("--steps", type=int, default=300, help="the fixed training budget per rate (fig. 11.1)")
+    parser.add_argument("--schedule", default="const",
+                        help="lr schedule of each run (default const: fig. 11.1 holds the rate fixed)")
+
+
+def lr_sweep_markdown(rows: list[dict], best: dict, steps: int) -> str:
+    table = _table(["learning rate", "train error", "train loss", "validation error", "note"],
+                   [[f"{r['lr']:.3g}", f"{100 * r['train_err']:.1f}%",
+                     "-" if not math.isfinite(r["train_loss"]) else f"{r['train_loss']:.3f}",
+                     f"{100 * r['val_err']:.1f}%", "diverged (NaN/inf)" if r["diverged"] else
+                     ("best" if r is best else "")] for r in rows])
+    return (f"# Learning-rate sweep ({steps} steps each)\n\n" + table
+            + f"\nBest rate: {best['lr']:.3g} (training error {100 * best['train_err']:.1f}%). "
+            + "Training error after a fixed budget is U-shaped in the rate (DL book fig. 11.1); "
+            + "diverged runs count as error 100%.\n")
+
+
+def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    lrs = [r["lr"] for r in rows]
+    ax.plot(lrs, [100 * r["train_err"] for r in rows], "o-", label="training error")
+    ax.plot(lrs, [100 * r["val_err"] for r in rows], "s--", alpha=0.6, label="validation error")
+    div = [r for r in rows if r["diverged"]]
+    if div:
+        ax.plot([r["lr"] for r in div], [100.0] * len(div), "rx", ms=10, label="diverged")
+    ax.axvline(best["lr"], ls=":", c="gray", label=f"best {best['lr']:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("sequence error (%)")
+    ax.set_title("Training error against learning rate (DL book fig. 11.1)")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def sweep_row(lr: float, result: dict) -> dict:
+    """A sweep row from a run's result: divergence (any NaN/inf) counts as error 1.0."""
+    diverged = bool(result["nonfinite"]) or not math.isfinite(result["last_train_err"])
+    return {"lr": lr, "train_err": 1.0 if diverged else result["last_train_err"],
+            "val_err": 1.0 if diverged or not math.isfinite(result["last_val_err"]) else result["last_val_err"],
+            "train_loss": result["last_train_loss"], "diverged": diverged, "run": result["run"]}
+
+
+def run_lr_sweep(args: argparse.Namespace) -> int:
+    from .training import train
+    model_cfg, data_cfg, train_cfg = base_configs(args)
+    lrs = sorted(args.lrs) if args.lrs else lr_grid(args.lr_min, args.lr_max, args.per_decade)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for lr in lrs:
+        run = out / f"lr{lr:.3g}"
+        t_cfg = dataclasses.replace(train_cfg, out=str(run), lr=lr, steps=args.steps, schedule=args.schedule,
+                                    warmup=0, eval_every=args.steps, patience=0)
+        if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < args.steps:
+            train(model_cfg, data_cfg, t_cfg)
+        row = sweep_row(lr, run_result(run))
+        rows.append(row)
+        print(f"  lr {lr:<8.3g} training error {100 * row['train_err']:5.1f}%"
+              + ("  diverged" if row["diverged"] else f"  (loss {row['train_loss']:.3f})"))
+    best = best_rate(rows)
+    _write_text(out / "lr_sweep.json", json.dumps({"steps": args.steps, "schedule": args.schedule,
+                                                   "best_lr": best["lr"], "rows": rows}, indent=2) + "\n")
+    md = lr_sweep_markdown(rows, best, args.steps)
+    _write_text(out / "lr_sweep.md", md)
+    plot_lr_sweep(rows, best, out / "lr_sweep.png")
+    print(md)
+    print(f"wrote {out / 'lr_sweep.json'}, .md, .png")
+    return 0
