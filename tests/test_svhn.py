@@ -252,6 +252,7 @@ class _FileServer(http.server.ThreadingHTTPServer):
         self.files = files
         self.ignore_range = False
         self.drop_first_after: int | None = None
+        self.drop_always_after: int | None = None
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, status)
 
     @property
@@ -289,6 +290,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if srv.drop_first_after is not None:
             part, srv.drop_first_after = part[: srv.drop_first_after], None
+        if srv.drop_always_after is not None:
+            part = part[: srv.drop_always_after]
         self.wfile.write(part)
 
 
@@ -326,6 +329,17 @@ def test_download_resumes_after_dropped_connection(server, tmp_path):
     assert dest.read_bytes() == data
     assert server.log[0] == ("/a.bin", None, 200)
     assert server.log[1][2] == 206 and server.log[1][1].startswith("bytes=") and server.log[1][1] != "bytes=0-"
+
+
+def test_download_gives_up_clearly_and_keeps_the_part(server, tmp_path):
+    data = _payload()
+    server.files["a.bin"] = data
+    server.drop_always_after = 1000  # every answer stops 1,000 bytes in
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DataError, match=r"a.bin: downloading .* did not complete after 3 attempts "
+                                        r"\(got 3,000 of 300,000 bytes\); run again to resume"):
+        svhn.download(server.url + "a.bin", dest, attempts=3, retry_wait=0, progress=False)
+    assert not dest.exists() and (tmp_path / "a.bin.part").read_bytes() == data[:3000]
 
 
 def test_download_from_server_ignoring_range(server, tmp_path):
