@@ -1,0 +1,72 @@
+"""`transcribe search`: a declared space, shared SQLite study over worker processes, best.json."""
+
+import csv
+import json
+
+import pytest
+
+from transcribe import search
+from transcribe.dataset import DataConfig
+from transcribe.model import PRESETS
+from transcribe.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    from transcribe import dataset, synth
+    root = tmp_path_factory.mktemp("search")
+    synth.generate(root / "train", 64, seed=1)
+    return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)
+
+
+def test_apply_params_scales_capacity_and_sets_fields():
+    m, d, t = search.apply_params({"width": 2.0, "dropout": 0.3, "widen": 1.5, "lr": 0.02, "batch_size": 32,
+                                   "weight_decay": 1e-5}, PRESETS["tiny"], DataConfig(), TrainConfig())
+    assert m.widths == (16, 32, 32) and m.fc == (64,) and m.dropout == 0.3
+    assert d.widen == 1.5 and (t.lr, t.batch_size, t.weight_decay) == (0.02, 32, 1e-5)
+    # untouched parameters keep the base configuration's values
+    m2, d2, t2 = search.apply_params({"lr": 0.5}, PRESETS["tiny"], DataConfig(), TrainConfig())
+    assert m2 == PRESETS["tiny"] and d2 == DataConfig() and t2.lr == 0.5
+
+
+def test_random_sampler_draws_lr_log_uniformly():
+    import numpy as np
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=search.make_sampler("random", ["lr"], seed=0))
+    study.optimize(lambda t: search.suggest(t, ["lr"])["lr"], n_trials=400)
+    logs = np.log10([t.params["lr"] for t in study.trials])
+    assert logs.min() >= -4 and logs.max() <= -1
+    # eq. 11.2: log10(lr) ~ U(-4, -1): each decade gets about a third of the draws
+    counts = np.histogram(logs, bins=[-4, -3, -2, -1])[0]
+    assert all(abs(c / 400 - 1 / 3) < 0.08 for c in counts)
+
+
+def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, tmp_path, capsys):
+    from transcribe.cli import main
+    out = tmp_path / "search"
+    assert main(["search", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
+                 "--params", "lr", "width", "dropout", "weight_decay", "--trials", "3", "--workers", "2",
+                 "--steps", "4", "--evals", "2", "--batch-size", "16", "--seed", "0", "--out", str(out)]) == 0
+    import optuna
+    study = optuna.load_study(study_name="transcribe", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    # every trial reported each evaluation (steps 0, 2, 4) to the pruner
+    assert all(sorted(t.intermediate_values) == [0, 2, 4] for t in study.trials)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3 and {"param_lr", "param_width", "val_seq_acc"} <= set(rows[0])
+    assert "| trial | state |" in (out / "results.md").read_text()
+    best = json.loads((out / "best.json").read_text())
+    assert set(best) == {"model", "data", "train"}
+    assert best["train"]["lr"] == pytest.approx(study.best_trial.params["lr"])
+    # a second invocation joins the same study (load_if_exists) instead of starting over
+    assert main(["search", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
+                 "--params", "lr", "--trials", "1", "--steps", "2", "--evals", "1", "--batch-size", "16",
+                 "--out", str(out)]) == 0
+    assert len(optuna.load_study(study_name="transcribe", storage=f"sqlite:///{out / 'study.db'}").trials) == 4
+    # `transcribe train --config best.json` accepts the file and trains
+    run = tmp_path / "best-run"
+    assert main(["train", "--config", str(out / "best.json"), "--steps", "2", "--eval-every", "2",
+                 "--out", str(run), "--threads", "1"]) == 0
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2]
+    assert json.loads((run / "config.json").read_text())["model"]["widths"] == best["model"]["widths"]
