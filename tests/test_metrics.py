@@ -158,3 +158,11 @@ def test_read_predictions_names_file_and_line(tmp_path):
     path.write_text('{"file": "1.png", "confidence": -0.1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 1 lacks pred"):
         read_predictions(path)
+
+
+def test_report_of_unlabelled_rows_is_empty_not_a_crash():
+    import json
+    rep = metrics.report([{"file": "a", "truth": None, "pred": "1", "confidence": -0.1}])
+    assert rep["n_scored"] == 0 and rep["sequence_accuracy"] is None and rep["threshold"]["value"] is None
+    json.dumps(rep, allow_nan=False)  # standard JSON: no NaN
+    assert "0 photos scored (1 without a truth left out)" in metrics.to_markdown(rep)

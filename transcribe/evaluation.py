@@ -372,8 +372,9 @@ def add_predict_arguments(parser) -> None:
     parser.add_argument("images", nargs="+", type=Path,
                         help="photos, or folders (every image in them; the answer is then a CSV)")
     parser.add_argument("--box", default=None, metavar="L,T,W,H",
-                        help="the number's box in the photo (pixels); it is widened by the run's factor. "
-                             "Without it each image is taken as an already cropped number")
+                        help="the number's box in the photo (pixels); it is widened by the run's factor "
+                             "(write --box=-3,... when left is negative). Without it each image is taken "
+                             "as an already cropped number")
     parser.add_argument("--run", type=Path, default=Path(DEFAULT_RUN),
                         help=f"run folder with ckpt-*.pt and threshold.json (default: {DEFAULT_RUN})")
     parser.add_argument("--csv", type=Path, default=None, metavar="OUT",

@@ -112,6 +112,9 @@ def _groups(conf: np.ndarray, correct: np.ndarray):
     if conf.shape != correct.shape or conf.ndim != 1:
         raise ValueError(f"confidence {conf.shape} and correctness {correct.shape} must be equal 1-d shapes")
     conf = np.where(np.isnan(conf), -math.inf, conf)
+    if len(conf) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros(0), empty, empty, empty, empty
     order = np.argsort(-conf, kind="stable")
     c, ok = conf[order], correct[order]
     # A group ends where the next confidence differs (or at the end).
@@ -301,7 +304,18 @@ def report(rows: Sequence[dict], threshold: float | None = None, target: float =
     }
     out["auc"] = out["principled"]["auc"]
     out["best_at_target"] = out["principled"]["best_at_target"]
-    return out
+    return _nan_to_none(out)
+
+
+def _nan_to_none(value: Any) -> Any:
+    """NaN (a score of nothing, e.g. no labelled rows) -> None, so report.json is standard JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _pct(x: float | None) -> str:

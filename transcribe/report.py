@@ -84,7 +84,7 @@ def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -
         part = rep[key]
         cov = part["best_at_target"]["coverage"]
         ax.plot(part["curve"]["coverage"], part["curve"]["accuracy"], color=color, lw=1.8,
-                label=f"{name}: AUC {part['auc']:.4f}, {100 * cov:.1f}% at target")
+                label=f"{name}: AUC {metrics._num(part['auc'])}, {metrics._pct(cov)} at target")
     ax.axhline(rep["target"], color="0.4", ls="--", lw=1)
     ax.set_xlabel("coverage")
     ax.set_ylabel("accuracy of the transcribed photos")
@@ -141,7 +141,7 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xlabel("exp(confidence) = P(S|X)")
     ax.set_ylabel("fraction correct")
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or f"reliability, ECE {rep['calibration']['ece']:.4f}", fontsize=10)
+    ax.set_title(title or f"reliability, ECE {metrics._num(rep['calibration']['ece'])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
