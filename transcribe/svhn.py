@@ -630,6 +630,9 @@ def download(url: str, dest: str | os.PathLike, attempts: int = 5, retry_wait: f
                 part.unlink(missing_ok=True)
                 last_error = f"the server refused to resume at byte {have}; restarting"
                 continue
+            if e.code >= 500:  # a server-side hiccup: try again
+                last_error = f"HTTP {e.code} {e.reason}"
+                continue
             raise DataError(f"{dest}: downloading {url} failed: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             last_error = f"{type(e).__name__}: {e}"  # dropped connection: resume from .part
