@@ -122,3 +122,17 @@ def test_check_command_passes_on_the_real_tiny_model(tmp_path, capsys):
     assert (tmp_path / "check.md").is_file()
     with pytest.raises(SystemExit, match="no such config"):
         main(["check", str(tmp_path / "missing.json")])
+
+
+def test_gradient_check_on_flat_photos_is_not_fooled_by_max_pool_ties(monkeypatch):
+    # real photos have flat regions: equal neighbouring conv outputs tie in the max-pool, where
+    # only one-sided derivatives exist; the check breaks ties with tiny noise instead of failing
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 4, (4, 3, 6, 6), generator=g).float() / 4 - 0.5
+    x = blocks.repeat_interleave(9, 2).repeat_interleave(9, 3)  # (4, 3, 54, 54), 9x9 flat blocks
+    _, lengths, digits = _batch(4)
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"])
+    assert checks.gradient_check(model, x, lengths, digits).status == "pass"
+    monkeypatch.setattr(checks, "TIE_NOISE", 0.0)
+    assert checks.gradient_check(model, x, lengths, digits).status == "fail"

@@ -57,6 +57,7 @@ def test_bootstrap_interval_brackets_the_point_estimate():
     (0.010, 0.015, None, "ok"),             # both within tolerance of 2%
     (0.010, 0.015, 0.30, "defect"),         # test far worse than validation: evaluation mismatch
     (0.010, 0.015, 0.08, "overfitting"),    # the test error decides once given
+    (0.60, 0.60, 0.05, "defect"),           # test far better than validation: leak or scoring bug
 ])
 def test_diagnose_names_the_regime(train, val, test, regime):
     d = M.diagnose(train, val, test, target_err=0.02)

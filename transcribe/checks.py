@@ -32,6 +32,11 @@ TINY_LR = 1e-2
 FD_EPS = 1e-5            # centred-difference step in float64: measured best on the tiny model (rel. err ~1e-9);
                          # smaller steps lose digits to rounding (1e-8: ~1e-6), larger ones risk crossing kinks
 FD_TOL = 1e-5            # relative error allowed; a wrong backward is off by O(1)
+# Real photos have flat regions: neighbouring conv outputs are exactly equal there, and a max-pool
+# over a tie has only one-sided derivatives (autograd takes one side, a centred difference averages
+# both). Noise of 1% of the pixel range ([-1, 1]) separates tied values by more than the finite-
+# difference step moves them (1e-3 was measured too small on 9x9 flat blocks: rel. err 6e-5).
+TIE_NOISE = 1e-2
 N_PROJECTIONS = 3        # (u, v) pairs: a mistake orthogonal to one projection is caught by another
 CS_STEP = 1e-20          # complex step: no subtractive cancellation, so h can be tiny (eq. 11.9)
 CS_TOL = 1e-10
@@ -71,11 +76,11 @@ def gradient_check(model, x, lengths, digits, head: str = "sequence", n_proj: in
     import torch
     from torch.func import functional_call
     model = copy.deepcopy(model).double().train()
-    x = x.double()
+    gen = torch.Generator().manual_seed(seed)
+    x = x.double() + TIE_NOISE * torch.randn(x.shape, generator=gen, dtype=torch.float64)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    gen = torch.Generator().manual_seed(seed)
     worst, rows = 0.0, []
 
     def f(params, inputs, u):
@@ -447,13 +452,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _optimizer_factory(train_section: dict | None):
-    """The run's optimizer built as training.train builds it (weight decay on weights only),
-    when a train config is given; else None (SGD, lr 0.01, momentum 0.9)."""
-    if not train_section:
-        return None
+    """The optimizer built as training.train builds it (weight decay on weights only), from the
+    config's train section or, without one, TrainConfig's defaults (what `transcribe train` uses)."""
     from . import config as C
     from . import training
-    cfg = C.from_dict(training.TrainConfig, train_section)
+    cfg = C.from_dict(training.TrainConfig, train_section or {})
 
     def make(model):
         import torch

@@ -202,6 +202,10 @@ def diagnose(train_err: float, val_err: float, test_err: float | None = None, ta
         defect.append(f"test error {pct(test_err)} is far above validation error {pct(val_err)}: "
                       "check that the test data is prepared like the training data and that the "
                       "saved model reloads correctly (11.5)")
+    if (test_err is not None and math.isfinite(test_err) and math.isfinite(val_err)
+            and test_err < val_err - VAL_BETTER_MARGIN and test_err < val_err / 2):
+        defect.append(f"test error {pct(test_err)} is far below validation error {pct(val_err)}: "
+                      "the test photos may overlap training/validation, or are scored differently")
     if defect:
         steps = check_steps + (("run `transcribe lr-sweep`: a rate far from the optimum leaves training "
                                 "error stuck (fig. 11.1)",) if "chance" in defect[0] else ())
@@ -338,6 +342,7 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format-1 folders or .h5 caches (default: the config's data)")
     parser.add_argument("--val-fraction", type=float, default=None, help="held out for validation (default: config's)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: config's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: config's; e.g. lr-sweep's best)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per training run")
     parser.add_argument("--out", required=True, help="folder for the runs and the results")
 
@@ -374,6 +379,8 @@ def base_configs(args: argparse.Namespace):
         changes["batch_size"] = args.batch_size
     if args.threads:
         changes["threads"] = args.threads
+    if getattr(args, "lr", None) is not None:
+        changes["lr"] = args.lr
     return model_cfg, data_cfg, dataclasses.replace(train_cfg, **changes)
 
 
