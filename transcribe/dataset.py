@@ -34,11 +34,13 @@ from transcribe import crops, svhn
 MAX_DIGITS = svhn.MAX_DIGITS  # digit positions stored per row; -1 fills the unused ones
 CACHE_VERSION = 1  # bump when the crop/caching code changes what a cache holds: old caches rebuild
 # Decoding+cropping runs in a pool of WORKERS processes for splits of PARALLEL_FROM photos or
-# more. Measured on the 2,000-photo sample (2-core machine shared with other jobs): ~1.1-1.4 s
-# in-process vs ~1.4-2.2 s with 2 workers, so small splits stay in-process; full SVHN
-# (33k-202k photos, minutes of PNG decoding) is where a second core pays off.
-PARALLEL_FROM = 5000
+# more. Measured on the 2,000-photo sample (2-core machine shared with other jobs, so noisy):
+# build 1.2-1.7 s in-process vs 0.8-1.3 s with 2 workers. Workers are spawned, not forked:
+# training calls this with torch (and its thread pools) loaded, which fork does not survive
+# reliably; spawning costs ~0.2 s.
+PARALLEL_FROM = 1000
 WORKERS = 2
+_START = "spawn"
 CHUNK = 32  # photos per task sent to a worker: few round trips, still a smooth progress bar
 PIXEL_SCALE = 255.0  # batches are (pixel - image mean) / 255: within [-1, 1], typically |x| < 0.5
 
@@ -215,7 +217,7 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
             boxes = np.zeros((n, 4), np.float32)
             keep = np.zeros(n, bool)
             if workers > 0:
-                pool = multiprocessing.get_context("fork").Pool(workers)
+                pool = multiprocessing.get_context(_START).Pool(workers)
                 results = pool.imap(_crop_one, tasks, chunksize=CHUNK)
             else:
                 results = map(_crop_one, tasks)
