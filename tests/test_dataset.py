@@ -142,6 +142,12 @@ def test_load_splits_deterministic_and_disjoint(tmp_path):
     assert len(seeds) > 1  # the seed chooses the hold-out
     _, val5 = load_splits(replace(cfg, val_size=5), progress=False)
     assert len(val5) == 5  # val_size overrides the fraction
+    # train_size: nested subsets of the training side, validation untouched.
+    small, val_s = load_splits(replace(cfg, train_size=3), progress=False)
+    larger, _ = load_splits(replace(cfg, train_size=5), progress=False)
+    assert len(small) == 3 and names(small) < names(larger) < names(train) and names(val_s) == names(val)
+    with pytest.raises(ValueError, match="train_size 8"):
+        load_splits(replace(cfg, train_size=8), progress=False)
     # Rows keep their labels through concatenation and splitting.
     for c in (train, val):
         for i in range(len(c)):

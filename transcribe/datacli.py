@@ -52,7 +52,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              help=f"processes decoding photos (default: {WORKERS} for splits of {PARALLEL_FROM:,}+ photos, else 0)")
     # --widen, --size, --val-fraction, --val-size, --seed, --cache-dir come from DataConfig,
     # so the defaults printed here are the ones training uses. For synth, --seed seeds the generator.
-    add_dataclass_arguments(parser, DataConfig, skip=("train", "crop"))
+    add_dataclass_arguments(parser, DataConfig, skip=("train", "crop", "train_size"))
 
 
 def run_data(args: argparse.Namespace) -> int:

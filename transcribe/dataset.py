@@ -60,6 +60,9 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the pool held out for validation"})
     val_size: int = field(default=0, metadata={"help": "if > 0, hold out exactly this many (full SVHN: 6000 from train+extra) instead of the fraction"})
     seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    # Learning curves (DL book ch. 11): train on the first train_size of one seeded order of the
+    # training side; the validation side is unchanged and smaller sizes are subsets of larger ones.
+    train_size: int = field(default=0, metadata={"help": "if > 0, train on only this many photos of the training side"})
     # Crops (Goodfellow et al. 2014, sec. 5.1).
     widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre"})
     size: int = field(default=crops.SIZE, metadata={"help": "side of the cached crop, pixels"})
@@ -347,6 +350,12 @@ def load_splits(cfg: DataConfig, strict: bool = False, progress: bool = True) ->
     k = validation_size(len(pool), cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(pool))
     val_index, train_index = np.sort(order[:k]), np.sort(order[k:])
+    if cfg.train_size > 0:
+        if cfg.train_size > len(train_index):
+            raise ValueError(f"train_size {cfg.train_size} is more than the {len(train_index)} training photos of {cfg.train}")
+        # A second seeded order of the training side; its prefixes are nested subsets.
+        prefix = np.random.default_rng([cfg.seed, 1]).permutation(len(train_index))[:cfg.train_size]
+        train_index = train_index[np.sort(prefix)]
     return pool.subset(train_index), pool.subset(val_index)
 
 
