@@ -301,3 +301,13 @@ def test_torchrun_two_processes_match_one(tiny_cache, tmp_path):
     start = build_model(model_cfg).state_dict()
     assert all(not torch.allclose(start[n], a[n]) for n in params if n.endswith("conv.weight"))
     assert [r["step"] for r in rows(tmp_path / "two")] == [0, 4]
+
+
+def test_unreadable_checkpoint_is_named(tiny_cache, tmp_path):
+    model_cfg, data_cfg, cfg = configs(tiny_cache, tmp_path / "bad")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ckpt-last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"bad/ckpt-last\.pt: not a readable transcribe checkpoint"):
+        training.train(model_cfg, data_cfg, cfg)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        training.load_checkpoint(tmp_path / "nowhere.pt")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -87,7 +88,7 @@ class TrainConfig:
     grad_clip: float = _f(5.0, "clip the global gradient norm to this (0 = off)")
     # evaluation, early stopping, budget
     eval_every: int = _f(200, "steps between evaluations, checkpoints and log lines")
-    eval_limit: int = _f(2000, "images evaluated per split at each evaluation (0 = all)")
+    eval_limit: int = _f(1000, "images evaluated per split at each evaluation (0 = all)")
     patience: int = _f(0, "stop after this many evaluations without a better validation "
                           "sequence accuracy (0 = never)")
     max_seconds: float = _f(0.0, "wall-clock budget in seconds including resumed time (0 = none)")
@@ -146,16 +147,17 @@ def dropout_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, 2]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def batch_indices(step: int, n: int, batch_size: int, seed: int, _cache: dict = {}) -> tuple[int, Any]:
-    """(epoch, indices (batch_size,)) of step `step`: epochs are permutations of the n training
-    images cut into n // batch_size batches (the remainder of each epoch is dropped)."""
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int):
     from transcribe import dataset
-    per_epoch = n // batch_size
-    epoch, i = divmod(step, per_epoch)
-    key = (n, seed, epoch)
-    if _cache.get("key") != key:  # one permutation per epoch, recomputed when the epoch changes
-        _cache.update(key=key, perm=dataset.epoch_permutation(n, seed, epoch))
-    return epoch, _cache["perm"][i * batch_size:(i + 1) * batch_size]
+    return dataset.epoch_permutation(n, seed, epoch)  # (n,) LongTensor; cached: one per epoch
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> tuple[int, Any]:
+    """(epoch, indices (batch_size,)) of step `step`: each epoch is a permutation of the n
+    training images cut into n // batch_size batches (the remainder of each epoch is dropped)."""
+    epoch, i = divmod(step, n // batch_size)
+    return epoch, _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,6 +629,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.json",
                         help='start from {"model": ..., "data": ..., "train": ...} (e.g. the best '
                              'configuration a search wrote); flags given here override it')
+    parser.epilog = ("Model flags override single fields of the --preset model (their defaults shown are "
+                     "ModelConfig's). Training resumes when --out holds ckpt-last.pt; its stored settings "
+                     "are then the defaults.")
     model_clash, data_clash = _collisions()
     configlib.add_dataclass_arguments(parser, TrainConfig)
     configlib.add_dataclass_arguments(parser, modellib.ModelConfig, skip=tuple(model_clash))
