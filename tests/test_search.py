@@ -70,3 +70,47 @@ def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, t
                  "--out", str(run), "--threads", "1"]) == 0
     assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2]
     assert json.loads((run / "config.json").read_text())["model"]["widths"] == best["model"]["widths"]
+
+
+class FakeTraining:
+    """Stands in for the `transcribe train` subprocess: writes its metrics rows at once, with a
+    validation accuracy set by the trial's learning rate; a good run has finished (exit 0), a bad
+    one is still "running" and must be terminated by the pruner."""
+    terminated: list = []
+
+    def __init__(self, cmd, stdout=None, stderr=None, env=None):
+        from pathlib import Path
+        cfg = json.loads(Path(cmd[-1]).read_text())
+        self.run = Path(cfg["train"]["out"])
+        good = cfg["train"]["lr"] >= 1e-2
+        acc = 0.5 if good else 0.05
+        rows = [dict(step=s, val_seq_acc=acc * (1 + s / 10)) for s in (0, 5, 10)]
+        (self.run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.returncode = 0 if good else None
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        FakeTraining.terminated.append(self.run.name)
+        self.returncode = -15
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
+    import optuna
+    from transcribe import config as C
+    monkeypatch.setattr(search.subprocess, "Popen", FakeTraining)
+    FakeTraining.terminated = []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=search.make_pruner("median", startup=1))
+    study.enqueue_trial({"lr": 0.05})
+    study.enqueue_trial({"lr": 0.0002})
+    base = {"model": C.to_dict(PRESETS["tiny"]), "data": C.to_dict(DataConfig()), "train": C.to_dict(TrainConfig())}
+    study.optimize(lambda trial: search.run_trial(trial, ["lr"], base, tmp_path), n_trials=2)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert study.trials[0].value == pytest.approx(1.0)          # best of 0.5, 0.75, 1.0
+    assert study.trials[1].intermediate_values == {0: 0.05}    # stopped at its first report
+    assert FakeTraining.terminated == ["0001"]                 # and its training process was ended

@@ -319,6 +319,12 @@ def run_search(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     names = tuple(args.params or (DEFAULT_GRID if args.sampler == "grid" else SPACE))
+    if "widen" in names and all(str(p).endswith(".h5") for p in data_cfg.train):
+        # a cache holds crops already cut at one widening; only format-1 folders can be re-cropped
+        if args.params:
+            raise SystemExit("search: --params widen needs format-1 folders in --train, not .h5 caches")
+        names = tuple(n for n in names if n != "widen")
+        print("note: not searching widen: --train gives .h5 caches, whose crops are already cut")
     train_cfg = dataclasses.replace(train_cfg, steps=args.steps, eval_every=max(1, math.ceil(args.steps / args.evals)))
     base = {"model": C.to_dict(model_cfg), "data": C.to_dict(data_cfg), "train": C.to_dict(train_cfg)}
     # relative data paths must still resolve from the trial subprocesses (same cwd) -- and from
