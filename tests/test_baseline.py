@@ -162,6 +162,19 @@ def test_validation_photos_are_the_ones_our_models_hold_out(svhn_fixtures, tmp_p
     assert name == "val" and problems == [] and len(items) == 2
     assert [str(p) for p, _ in items] == [val.path(i) for i in range(len(val))]
     assert [r.text for _, r in items] == [val.text(i) for i in range(len(val))]
+    _, rest, _ = baseline.select_photos("train", data=str(folder))  # the other 18: where settings are chosen
+    assert len(rest) == 18 and not {p for p, _ in rest} & {p for p, _ in items}
+
+
+def test_decodings_table_scores_every_variant_from_one_pass(svhn_fixtures, tmp_path):
+    engine = _rapidocr()
+    from transcribe import svhn
+    items = [(svhn_fixtures / "train" / r.file, r) for r in svhn.read_split(svhn_fixtures / "train").records]
+    table = baseline.decoding_table(engine, items, widen=1.0)
+    assert [(t["decode"], t["score"]) for t in table] == [("filter", "mean")] + [("digits", s) for s in baseline.SCORES]
+    digits = [t for t in table if t["decode"] == "digits"]
+    assert len({t["sequence_accuracy"] for t in digits}) == 1  # scores rank; they never change the reading
+    assert all(t["photos"] == 3 and 0 <= t["coverage_at_target"] <= 1 for t in table)
 
 
 def test_tesseract_reads_a_real_photo(svhn_fixtures):
