@@ -114,12 +114,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_subset_keeps_the_validation_split_and_nests(tiny_cache, tmp_path):
+def test_subset_keeps_the_validation_split_and_nests(tiny_cache):
     from transcribe import dataset
     cfg = dataset.DataConfig(train=(str(tiny_cache),), val_fraction=0.25, seed=3)
     full_train, val = dataset.load_splits(cfg, progress=False)
-    sub20 = dataset.load_splits(M.subset_data_config(cfg, 20, tmp_path), progress=False)
-    sub40 = dataset.load_splits(M.subset_data_config(cfg, 40, tmp_path), progress=False)
+    sub20 = dataset.load_splits(M.subset_data_config(cfg, 20), progress=False)
+    sub40 = dataset.load_splits(M.subset_data_config(cfg, 40), progress=False)
     for t, v in (sub20, sub40):
         assert list(v.files) == list(val.files) and np.array_equal(v.images, val.images)
         assert set(t.files) <= set(full_train.files) and not set(t.files) & set(val.files)
@@ -139,7 +139,7 @@ def test_learning_curve_command_on_tiny_data(tiny_cache, tmp_path, one_thread, c
     assert (out / "learning_curve.png").stat().st_size > 0 and "| 60 |" in (out / "learning_curve.md").read_text()
     # each size trained on exactly that many photos with the full validation split
     cfg = json.loads((out / "n30-seed0" / "config.json").read_text())
-    assert cfg["data"]["val_size"] == 20 and cfg["train"]["eval_limit"] == 0
+    assert cfg["data"]["train_size"] == 30 and cfg["train"]["eval_limit"] == 0
     assert "Photos needed for 2.0% error" in capsys.readouterr().out
 
 

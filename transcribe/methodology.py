@@ -397,67 +397,13 @@ def run_result(run_dir: str | Path) -> dict:
 # Training subsets with a fixed validation split
 
 
-def _write_cache(path: Path, images, lengths, digits, files, boxes, folder: str) -> None:
-    """An .h5 file in the layout dataset.load_cache reads (written atomically)."""
-    import h5py
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("images", data=images)
-        f.create_dataset("lengths", data=np.asarray(lengths, np.int64))
-        f.create_dataset("digits", data=np.asarray(digits, np.int64))
-        f.create_dataset("files", data=np.asarray(files, dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("boxes", data=np.asarray(boxes, np.float32))
-        f.attrs["summary"] = json.dumps({"folder": folder, "usable": int(len(lengths)),
-                                         "note": "training subset for transcribe learning-curve"})
-        f.attrs["parameters"] = json.dumps({"subset_of": folder})
-    tmp.replace(path)
+def subset_data_config(data_cfg, n: int):
+    """`data_cfg` training on only n photos of its training side, with the same validation split.
 
-
-def subset_data_config(data_cfg, n: int, folder: Path, seed: int = 0):
-    """A DataConfig whose training side is n photos of `data_cfg`'s training side and whose
-    validation side is exactly `data_cfg`'s validation split.
-
-    Subsets are nested (the first n of one seeded order), so a larger size only adds photos.
-    If DataConfig has a `train_size` field it is used directly. Otherwise one pooled .h5
-    holding val + the n photos is written, with the validation photos placed at the rows that
-    load_splits holds out for that pool size, val size and seed (found with a probe pool), and
-    the result is verified by loading it back: a clear error if load_splits ever splits otherwise.
+    DataConfig.train_size takes the first n of one seeded order of the training side, so the
+    subsets are nested (a larger size only adds photos) and validation does not change.
     """
-    from . import dataset
-    fields = {f.name for f in dataclasses.fields(type(data_cfg))}
-    if "train_size" in fields:
-        return dataclasses.replace(data_cfg, train_size=n)
-    train, val = dataset.load_splits(data_cfg, progress=False)
-    if not 0 < n <= len(train):
-        raise ValueError(f"training-set size {n} is outside 1..{len(train)} (the training side of {data_cfg.train})")
-    keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
-    sub = train.subset(keep)
-    pool_n, k = n + len(val), len(val)
-    folder.mkdir(parents=True, exist_ok=True)
-    # which pool rows does load_splits hold out? ask it, on a pool of row numbers
-    probe = folder / f"probe-{pool_n}.h5"
-    _write_cache(probe, np.zeros((pool_n, 1, 1, 3), np.uint8), np.ones(pool_n), np.zeros((pool_n, 5)),
-                 [str(i) for i in range(pool_n)], np.zeros((pool_n, 4)), "probe")
-    probe_cfg = dataclasses.replace(data_cfg, train=(str(probe),), val_size=k, val_fraction=0.0)
-    _, pval = dataset.load_splits(probe_cfg, progress=False)
-    probe.unlink()
-    val_rows = np.array([int(f) for f in pval.files])
-    is_val = np.zeros(pool_n, bool)
-    is_val[val_rows] = True
-    order = np.empty(pool_n, np.int64)  # pool row -> row of concat(val, sub)
-    order[val_rows] = np.arange(k)
-    order[~is_val] = k + np.arange(n)
-    cat = lambda a, b: np.concatenate([a, b])[order]  # noqa: E731
-    path = folder / f"train{n}-seed{seed}.h5"
-    _write_cache(path, cat(val.images, sub.images), cat(val.lengths, sub.lengths), cat(val.digits, sub.digits),
-                 cat(val.files, sub.files), cat(val.boxes, sub.boxes), "+".join(data_cfg.train))
-    cfg = dataclasses.replace(data_cfg, train=(str(path),), val_size=k, val_fraction=0.0)
-    t2, v2 = dataset.load_splits(cfg, progress=False)
-    if not (np.array_equal(v2.files, val.files) and np.array_equal(v2.lengths, val.lengths)
-            and np.array_equal(t2.files, sub.files) and np.array_equal(v2.images, val.images)):
-        raise RuntimeError(f"{path}: load_splits did not reproduce the validation split; "
-                           "add DataConfig.train_size to dataset.py for learning curves")
-    return cfg
+    return dataclasses.replace(data_cfg, train_size=n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +444,7 @@ def add_learning_curve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-steps", type=int, default=200, help="at least this many steps per size")
     parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per size")
     parser.add_argument("--evals", type=int, default=5, help="evaluations per run (early stopping picks the best)")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per size (different weights, batches and subset)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per size (different weights and batches, same subset)")
     parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the interval")
 
@@ -570,7 +516,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             steps = budget_steps(n, train_cfg.batch_size, args.epochs, args.min_steps, args.max_steps)
             run = out / f"n{n}-seed{seed}"
-            d_cfg = subset_data_config(data_cfg, n, out / "subsets", seed)
+            d_cfg = subset_data_config(data_cfg, n)
             t_cfg = dataclasses.replace(train_cfg, out=str(run), steps=steps, seed=train_cfg.seed + seed,
                                         eval_every=max(1, math.ceil(steps / args.evals)), eval_limit=0,
                                         batch_size=min(train_cfg.batch_size, n), patience=0)
