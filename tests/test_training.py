@@ -112,6 +112,8 @@ def test_schedules_give_known_lr():
         state = training.plateau_update(state, score, p)
     assert state == {"scale": 0.5, "best": 0.5, "bad": 0}
     assert get_lr(3, p, state["scale"]) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="eval_every=0"):
+        TrainConfig(eval_every=0)
 
 
 def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
@@ -166,9 +168,10 @@ def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
 
 
 KILLER = textwrap.dedent("""
-    import os, signal, sys
-    from transcribe import dataset, training
-    from transcribe.model import PRESETS
+    # argv: train config JSON, training batch at which to die, cache, model config JSON
+    import json, os, signal, sys
+    from transcribe import config, dataset, training
+    from transcribe.model import ModelConfig
     calls = [0]
     real = dataset.prepare_batch
     def prepare_batch(images, crop=54, train=True, generator=None):
@@ -178,20 +181,22 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         return real(images, crop, train, generator)
     dataset.prepare_batch = prepare_batch
-    cfg = training.TrainConfig(**__import__("json").loads(sys.argv[1]))
+    cfg = config.from_dict(training.TrainConfig, json.loads(sys.argv[1]))
     data = dataset.DataConfig(train=(sys.argv[3],), val_size=16, seed=0)
-    training.train(PRESETS["tiny"], data, cfg)
+    training.train(config.from_dict(ModelConfig, json.loads(sys.argv[4])), data, cfg)
 """)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_cache, tmp_path):
-    # momentum SGD + linear decay + dropout-free tiny net, 10 steps, checkpoints at 0, 4, 8, 10
+    # momentum SGD + linear decay + dropout, 10 steps, checkpoints at 0, 4, 8, 10
     kw = dict(steps=10, eval_every=4)
     model_cfg, data_cfg, whole = configs(tiny_cache, tmp_path / "whole", **kw)
+    model_cfg = dataclass_replace(model_cfg, dropout=0.2)  # masks must repeat after resuming too
     training.train(model_cfg, data_cfg, whole)
 
     _, _, cut = configs(tiny_cache, tmp_path / "cut", **kw)
-    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(configlib.to_dict(cut)), "7", str(tiny_cache)],
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(configlib.to_dict(cut)), "7", str(tiny_cache),
+                           json.dumps(configlib.to_dict(model_cfg))],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     killed = torch.load(tmp_path / "cut" / "ckpt-last.pt", weights_only=True)

@@ -6,18 +6,19 @@ The loop (nanoGPT style): lr from a pure `get_lr(step)`, a batch that is a pure 
 (seed, step), forward, `sequence.loss`, backward, clip, step; every `eval_every` steps it
 evaluates a fixed training subset and the validation split, appends one row to
 metrics.jsonl, prints one line and writes `ckpt-last.pt` (and `ckpt-best.pt` when validation
-sequence accuracy improves). Because checkpoints are written only at evaluation points and
-batches, crops and dropout depend only on (seed, step) and the restored RNG state, a run
-killed at any moment and started again on the same folder ends with the same weights as a
-run never interrupted (bit for bit in `--deterministic` mode on one process).
+sequence accuracy improves). Batch order, crops and dropout masks are pure functions of
+(seed, step, rank) and everything else that changes (weights, optimizer moments, plateau and
+early-stopping state) is in the checkpoint, so a run killed at any moment and started again
+on the same folder ends with the same weights as a run never interrupted (bit for bit in
+`--deterministic` mode; tests/test_training.py kills one with SIGKILL).
 
 Run folder (docs/architecture.md): config.json ({"model", "data", "train"}), metrics.jsonl,
 ckpt-last.pt, ckpt-best.pt, tb/ (TensorBoard), commit.txt.
 
 Instruments (Deep Learning book, sec. 11.5, "monitor histograms of activations and
 gradient"): TensorBoard scalars for loss, accuracies and lr; every `hist_every` steps,
-histograms of conv outputs (pre-activations) and ReLU outputs with the fraction of
-rectifiers that are off, histograms of gradients, and per-layer ‖Δw‖/‖w‖ for one update
+histograms of conv/linear outputs (pre-activations) and of block/ReLU outputs with the
+fraction of units that are off, histograms of gradients, and per-layer ‖Δw‖/‖w‖ for one update
 (Bottou 2015: about 1%, not 50% or 0.001%). The update ratios of the step before each
 evaluation also go into metrics.jsonl.
 
@@ -36,7 +37,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import random
 import subprocess
@@ -103,6 +103,17 @@ class TrainConfig:
     # instruments
     hist_every: int = _f(500, "steps between histograms and update ratios in TensorBoard (0 = off)")
     progress: bool = _f(True, "tqdm progress bar (only shown on a terminal)")
+
+    def __post_init__(self):
+        positive = ("batch_size", "accum", "eval_every", "plateau_patience")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("steps", "lr", "warmup", "grad_clip", "eval_limit",
+                                                     "patience", "max_seconds", "threads", "hist_every",
+                                                     "weight_decay") if getattr(self, k) < 0]
+        if self.schedule == "exp" and self.lr_floor <= 0:
+            bad.append(f"lr_floor={self.lr_floor} (the exp schedule needs > 0)")
+        if bad:
+            raise ValueError(f"TrainConfig: invalid {', '.join(bad)}")
 
 
 # ---------------------------------------------------------------------------------------------
