@@ -100,22 +100,28 @@ def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -
 
 def plot_confidence_histograms(rows: Sequence[dict], path: Path, threshold: float | None = None,
                                title: str = "") -> Path:
-    """Histograms of log P(S|X) for right and wrong transcriptions (a good confidence separates them)."""
+    """Histograms of -log P(S|X) for right and wrong transcriptions (a good confidence separates them).
+
+    Log-spaced x axis: the thresholds that matter for 98% accuracy sit at -log P ~ 1e-3..1e-1,
+    which a linear axis squeezes into one bin.
+    """
     import numpy as np
     plt = _pyplot()
     scored = metrics.labelled(rows)
-    conf = metrics.confidences(scored)
+    surprise = -metrics.confidences(scored)  # -log P(S|X) >= 0; 0 = certain
     correct = metrics.correctness(scored)
-    finite = np.isfinite(conf)
-    lo = float(conf[finite].min()) if finite.any() else -1.0
-    bins = np.linspace(min(lo, -1e-3), 0.0, 41)
+    floor = 1e-5
+    finite = np.isfinite(surprise)
+    top = max(float(surprise[finite].max()) if finite.any() else 1.0, 10 * floor)
+    x = np.clip(surprise, floor, top)  # certain (0) -> the first bin; -inf confidence -> the last
+    bins = np.geomspace(floor, top, 41)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.hist(np.clip(conf[correct], bins[0], 0), bins=bins, alpha=0.6, color="C2", label=f"right ({int(correct.sum())})")
-    ax.hist(np.clip(conf[~correct], bins[0], 0), bins=bins, alpha=0.6, color="C3", label=f"wrong ({int((~correct).sum())})")
+    ax.hist(x[correct], bins=bins, alpha=0.6, color="C2", label=f"right ({int(correct.sum())})")
+    ax.hist(x[~correct], bins=bins, alpha=0.6, color="C3", label=f"wrong ({int((~correct).sum())})")
     if threshold is not None and math.isfinite(threshold):
-        ax.axvline(threshold, color="k", ls="--", lw=1, label="refusal threshold")
-    ax.set_yscale("log")
-    ax.set_xlabel("confidence log P(S|X)")
+        ax.axvline(max(-threshold, floor), color="k", ls="--", lw=1, label="refusal threshold (accept left of it)")
+    ax.set_xscale("log")
+    ax.set_xlabel("-log P(S|X)   (left = confident)")
     ax.set_ylabel("photos")
     ax.legend(fontsize=8)
     ax.set_title(title or "confidence of right and wrong transcriptions", fontsize=10)
@@ -417,9 +423,9 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
             draw.rectangle([x, y, x + SHEET_TILE - 1, y + SHEET_TILE - 1], fill=(220, 220, 220))
             draw.text((x + 4, y + 40), "no photo", fill=(90, 90, 90), font=font)
         conf = row.get("confidence")
-        p = "" if conf is None else f" {100 * math.exp(min(float(conf), 0.0)):.0f}%"
-        draw.text((x + 3, y + SHEET_TILE + 2), f"T {row.get('truth')}", fill=(20, 20, 20), font=font)
-        draw.text((x + 3, y + SHEET_TILE + 15), f"R {row.get('pred', '')}{p}", fill=(190, 30, 30), font=font)
+        p = "" if conf is None else f" ({100 * math.exp(min(float(conf), 0.0)):.0f}%)"
+        draw.text((x + 3, y + SHEET_TILE + 2), f"truth {row.get('truth')}", fill=(20, 20, 20), font=font)
+        draw.text((x + 3, y + SHEET_TILE + 15), f"read {row.get('pred', '')}{p}", fill=(190, 30, 30), font=font)
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     sheet.save(tmp, format="PNG")
     tmp.replace(path)
