@@ -283,6 +283,8 @@ def _card(row: dict, photos: _Photos) -> str:
     # In a mistake, the characters that differ from the truth at their position are marked.
     pred_html = "".join(esc(c) if right or truth is None or (i < len(str(truth)) and str(truth)[i] == c)
                         else f'<span class="bad">{esc(c)}</span>' for i, c in enumerate(pred))
+    if truth is not None and len(pred) < len(str(truth)):  # digits the reading left out
+        pred_html += f'<span class="bad" title="missing digits">{"_" * (len(str(truth)) - len(pred))}</span>'
     conf_text = "–" if conf is None else f"log P = {float(conf):.3f} &nbsp; P = {100 * math.exp(min(float(conf), 0.0)):.1f}%"
     adhoc = row.get("adhoc_confidence")
     adhoc_text = "" if adhoc is None else f'<div class="adhoc">ad hoc: {100 * math.exp(min(float(adhoc), 0.0)):.1f}%</div>'
