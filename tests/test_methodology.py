@@ -22,6 +22,8 @@ def test_fit_power_law_recovers_known_law_with_offset():
     assert M.examples_needed(fit, 0.02) == pytest.approx(90_000, rel=1e-2)
     assert fit(M.examples_needed(fit, 0.05)) == pytest.approx(0.05, rel=1e-9)
     assert M.examples_needed(fit, 0.005) == math.inf  # below the irreducible error c
+    # a nearly flat curve needs more photos than a float can count: inf, not an OverflowError
+    assert M.examples_needed(M.PowerLaw(a=1.0, b=1e-4, c=0.0, rmse_log=0, n_points=3, with_offset=False), 0.02) == math.inf
 
 
 def test_fit_power_law_noisy_points_and_pure_law_with_three_sizes():

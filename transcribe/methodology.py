@@ -115,7 +115,8 @@ def examples_needed(fit: PowerLaw, target_err: float) -> float:
     """Training-set size at which the fitted curve reaches `target_err` (inf if it never does)."""
     if target_err <= fit.c or fit.b <= 0 or fit.a <= 0:
         return math.inf
-    return float((fit.a / (target_err - fit.c)) ** (1.0 / fit.b))
+    log_n = (math.log(fit.a) - math.log(target_err - fit.c)) / fit.b  # in logs: a flat fit overflows
+    return math.exp(log_n) if log_n < 700 else math.inf
 
 
 def bootstrap_examples_needed(n, err, target_err: float, n_eval: int | None = None, reps: int = 500,
