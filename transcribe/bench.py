@@ -1,0 +1,330 @@
+"""`transcribe bench`: how fast the network trains and infers here, and what the data path costs.
+
+For each model preset and batch size it measures, after warm-up:
+- train img/s: forward + sequence loss + backward + SGD step on inputs already in memory;
+- infer img/s: forward under inference_mode;
+- the FLOP/s the training step achieves (FLOPs counted by torch.utils.flop_counter) against
+  this machine's measured float32 matmul rate, the ceiling a conv net could hope for;
+- end to end, "ours": uint8 crops in one tensor -> dataset.prepare_batch (random 54x54 crop,
+  mean subtraction on whole tensors) -> train step;
+- end to end, "obvious": a per-sample torch Dataset that opens each PNG of a format-1 folder
+  with PIL, crops the widened number box, resizes, random-crops, through a DataLoader with
+  `--workers` worker processes -> the same train step.
+It also times each data path alone. On CUDA the model runs channels_last under bf16 autocast,
+optionally torch.compile'd (`--compile`); on the CPU in float32.
+
+Speeds on a shared machine are indicative only: say which machine and what else ran.
+This is a benchmark, not a test: nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+DEFAULT_PRESETS = ("goodfellow", "cpu")
+DEFAULT_BATCHES = (32, 64)
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
+CACHE_SIZE = 64      # crops stored 64x64 (dataset.CacheConfig.size), 54x54 random crop fed to the net
+CROP = 54
+POOL = 512           # uint8 crops held in memory for "ours" (random indices into it)
+MATMUL_N = 2048      # square float32 matmul that sets the machine's reference FLOP/s
+MIN_CALLS = 3        # at least this many timed calls, however long each takes
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        help=f"model presets to measure (default: {' '.join(DEFAULT_PRESETS)})")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCHES),
+                        help="batch sizes (default: 32 64)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the main process (default: torch's choice)")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help=f"seconds per measurement (at least {MIN_CALLS} calls; default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default 2)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA runs)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the obvious loader (default 2)")
+    parser.add_argument("--folder", default=str(SAMPLE),
+                        help="format-1 folder of PNGs for the obvious loader (default: the shared 2,000-photo "
+                             "sample; if missing, a few synthetic PNGs are written to a temporary folder)")
+    parser.add_argument("--skip-obvious", action="store_true", help="do not measure the obvious loader")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+# ---------------------------------------------------------------- timing
+
+def _rate(fn, items_per_call: int, seconds: float, warmup: int, sync=lambda: None) -> float:
+    """items/s of `fn()` after `warmup` untimed calls; runs >= `seconds` and >= MIN_CALLS calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    calls, start = 0, time.perf_counter()
+    while calls < MIN_CALLS or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync()
+    return items_per_call * calls / (time.perf_counter() - start)
+
+
+def matmul_flops(device: str, seconds: float) -> float:
+    """Measured float32 FLOP/s of one large square matmul (2 N^3 FLOPs)."""
+    import torch
+    a = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    b = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return _rate(lambda: a @ b, 2 * MATMUL_N ** 3, seconds, warmup=2, sync=sync)
+
+
+# ---------------------------------------------------------------- the obvious loader
+
+def _obvious_dataset(folder: Path):
+    """Per-sample Dataset over a format-1 folder: PIL decode, crop, resize, random crop, per item."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from . import crops, svhn
+
+    split = svhn.read_split(folder)
+    items = [(str(folder / r.file), crops.widen(crops.number_box(r.boxes)), r.digits) for r in split.records]
+
+    class PngDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            path, (left, top, w, h), digits = items[i]
+            with Image.open(path) as im:
+                im = im.convert("RGB").crop((round(left), round(top), round(left + w), round(top + h)))
+                im = im.resize((CACHE_SIZE, CACHE_SIZE), Image.BILINEAR)
+            ox, oy = np.random.randint(0, CACHE_SIZE - CROP + 1, size=2)
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32)[oy:oy + CROP, ox:ox + CROP]).permute(2, 0, 1)
+            x = (x - x.mean()) / 255.0
+            padded = list(digits) + [-1] * (svhn.MAX_DIGITS - len(digits))
+            return x, len(digits), torch.tensor(padded)
+
+    return PngDataset()
+
+
+def _synthetic_folder(n: int = 64) -> Path:
+    """A few random PNGs with a digitStruct.mat, for machines without the shared sample."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from . import svhn
+    rng = np.random.default_rng(0)
+    folder = Path(tempfile.mkdtemp(prefix="transcribe-bench-"))
+    records = []
+    for i in range(1, n + 1):
+        h, w = int(rng.integers(40, 120)), int(rng.integers(60, 200))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        k = int(rng.integers(1, 4))
+        boxes = tuple((float(5 + 12 * j), 5.0, 10.0, float(h - 10)) for j in range(k))
+        records.append(svhn.Record(f"{i}.png", tuple(int(d) for d in rng.integers(0, 10, k)), boxes))
+    svhn.write_digitstruct(folder / svhn.MAT_NAME, records)
+    return folder
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+# ---------------------------------------------------------------- one preset
+
+def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import sequence
+    from .model import PRESETS, build_model, count_parameters
+
+    cfg = PRESETS[name]
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = build_model(cfg).to(device, memory_format=fmt)
+    run = torch.compile(model) if args.compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, CROP, CROP, generator=g).to(device, memory_format=fmt)
+    lengths = torch.randint(1, 6, (batch,), generator=g)
+    digits = torch.randint(0, 10, (batch, 5), generator=g)
+    digits[torch.arange(5)[None, :] >= lengths[:, None]] = -1
+    lengths, digits = lengths.to(device), digits.to(device)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def step(xb, lb, db):
+        with autocast():
+            out = run(xb)
+        loss = sequence.loss(*out, lb, db, cfg.head)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.inference_mode(), autocast():
+            run(x)
+
+    row = {"preset": name, "batch": batch, "params": count_parameters(model)}
+    # FLOPs of one training step (forward + backward; the SGD update is negligible) and of a forward
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        with autocast():
+            out = model(x[:2])
+        sequence.loss(*out, lengths[:2], digits[:2], cfg.head).backward()
+    row["train_flops_per_image"] = fc.get_total_flops() / 2
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x[:2])
+    row["infer_flops_per_image"] = fc.get_total_flops() / 2
+    opt.zero_grad(set_to_none=True)
+
+    row["train_img_s"] = _rate(lambda: step(x, lengths, digits), batch, args.seconds, args.warmup, sync)
+    row["train_flop_s"] = row["train_img_s"] * row["train_flops_per_image"]
+    model.eval()
+    row["infer_img_s"] = _rate(infer, batch, args.seconds, args.warmup, sync)
+    model.train()
+
+    # end to end, ours: random rows of the uint8 pool -> prepare_batch -> step
+    prepare = _prepare_batch()
+    if prepare is not None:
+        def ours():
+            idx = torch.randint(0, pool.shape[0], (batch,), generator=g, device=pool.device)
+            xb = prepare(pool[idx], crop=CROP, train=True, generator=g).to(memory_format=fmt)
+            step(xb, lengths, digits)
+        row["ours_e2e_img_s"] = _rate(ours, batch, args.seconds, args.warmup, sync)
+    # end to end, obvious: per-sample PNG decode in DataLoader workers -> step
+    if loader_for is not None:
+        it = _forever(loader_for(batch))
+
+        def obvious():
+            xb, lb, db = next(it)
+            step(xb.to(device, non_blocking=True).to(memory_format=fmt), lb.to(device), db.to(device))
+        row["obvious_e2e_img_s"] = _rate(obvious, batch, args.seconds, args.warmup, sync)
+        if "ours_e2e_img_s" in row:
+            row["ours_over_obvious"] = row["ours_e2e_img_s"] / row["obvious_e2e_img_s"]
+    return row
+
+
+def _prepare_batch():
+    try:
+        from .dataset import prepare_batch
+    except ImportError as e:
+        print(f"bench: transcribe.dataset.prepare_batch unavailable ({e}); the 'ours' data path is not measured")
+        return None
+    return prepare_batch
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    peak = result["matmul_flop_s"]
+    lines = [
+        f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads, device {result['device']}"
+        f"{' (compiled)' if result['compile'] else ''}; float32 matmul {peak / 1e9:,.1f} GFLOP/s.",
+        "",
+        "| preset | params | batch | train img/s | infer img/s | train GFLOP/s | % of matmul "
+        "| ours e2e img/s | obvious e2e img/s | ours / obvious |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {_fmt(r['train_img_s'], 1)} "
+            f"| {_fmt(r['infer_img_s'], 1)} | {r['train_flop_s'] / 1e9:,.1f} | {100 * r['train_flop_s'] / peak:.0f}% "
+            f"| {_fmt(r.get('ours_e2e_img_s'), 1)} | {_fmt(r.get('obvious_e2e_img_s'), 1)} "
+            f"| {_fmt(r.get('ours_over_obvious'), 2)}x |")
+    d = result["data"]
+    lines += ["", "| data path alone (batch %d) | img/s |" % d["batch"], "|---|---:|",
+              f"| ours: uint8 tensor -> prepare_batch | {_fmt(d.get('ours_img_s'))} |",
+              f"| obvious: PNG + PIL per sample, DataLoader({d['workers']} workers) | {_fmt(d.get('obvious_img_s'))} |"]
+    if d.get("ours_img_s") and d.get("obvious_img_s"):
+        lines.append(f"| ratio | {d['ours_img_s'] / d['obvious_img_s']:,.0f}x |")
+    if d.get("folder"):
+        lines += ["", f"Obvious loader read {d['folder']}."]
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import svhn
+    from .model import PRESETS
+    unknown = [p for p in args.presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"transcribe bench: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("transcribe bench: --device cuda but torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+
+    result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+              "compile": bool(args.compile), "seconds": args.seconds, "rows": []}
+    if device == "cuda":
+        result["machine"] += ", " + torch.cuda.get_device_name()
+    print(f"bench: float32 matmul {MATMUL_N}x{MATMUL_N} on {device} ...", flush=True)
+    result["matmul_flop_s"] = matmul_flops(device, args.seconds)
+
+    # the data paths alone
+    data_batch = max(args.batch_sizes)
+    data = {"batch": data_batch, "workers": args.workers}
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (POOL, CACHE_SIZE, CACHE_SIZE, 3), dtype=torch.uint8, generator=g).to(device)
+    prepare = _prepare_batch()
+    if prepare is not None:
+        def ours_data():
+            idx = torch.randint(0, POOL, (data_batch,), generator=g, device=pool.device)
+            prepare(pool[idx], crop=CROP, train=True, generator=g)
+        data["ours_img_s"] = _rate(ours_data, data_batch, args.seconds, args.warmup, sync)
+
+    loader_for = None
+    if not args.skip_obvious:
+        folder = Path(args.folder)
+        if not (folder / svhn.MAT_NAME).is_file():
+            print(f"bench: {folder} is not a format-1 folder; writing a few synthetic PNGs instead", flush=True)
+            folder = _synthetic_folder()
+        data["folder"] = str(folder)
+        dataset = _obvious_dataset(folder)
+        loaders: dict[int, object] = {}
+
+        def loader_for(batch):
+            if batch not in loaders:
+                loaders[batch] = torch.utils.data.DataLoader(
+                    dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=args.workers,
+                    persistent_workers=args.workers > 0, pin_memory=device == "cuda")
+            return loaders[batch]
+
+        it = _forever(loader_for(data_batch))
+        data["obvious_img_s"] = _rate(lambda: next(it), data_batch, args.seconds, args.warmup)
+    result["data"] = data
+
+    for name in args.presets:
+        for batch in args.batch_sizes:
+            print(f"bench: {name}, batch {batch} ...", flush=True)
+            result["rows"].append(bench_preset(name, batch, args, device, pool, loader_for))
+
+    table = markdown(result)
+    print(table)
+    result["markdown"] = table
+    if args.out:
+        from .config import save_json
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        save_json(result, args.out)
+        print(f"bench: wrote {args.out}")
+    return 0
