@@ -63,6 +63,8 @@ def test_complex_step_agrees_with_autograd_and_catches_a_wrong_likelihood(monkey
     _, lengths, digits = _batch(4, seed=1)
     good = checks.complex_step_check(L, D, lengths, digits)
     assert all(r.status == "pass" for r in good), checks.format_table(good)
+    blank = checks.complex_step_check(L, torch.randn(4, 5, 11, dtype=torch.float64), lengths, digits, head="blank")
+    assert all(r.status == "pass" for r in blank), checks.format_table(blank)
     # a likelihood that forgets the length term P(L = n) disagrees with the formula in value and slope
     real = sequence.log_likelihood
     monkeypatch.setattr(sequence, "log_likelihood", lambda l, d, n, s, head="sequence":

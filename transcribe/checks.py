@@ -68,7 +68,8 @@ def _status(ok: bool, hard: bool) -> str:
 
 def gradient_check(model, x, lengths, digits, head: str = "sequence", n_proj: int = N_PROJECTIONS,
                    eps: float = FD_EPS, tol: float = FD_TOL, seed: int = 0) -> CheckResult:
-    """Directional derivatives of u . g(theta + t v, x + t w) at t = 0: autograd vs eq. 11.7.
+    """Directional derivatives of u . g(theta + t v, x + t w) at t = 0: autograd vs eq. 11.7
+    (centred differences at t = +-eps and +-eps/10; the closer one counts).
 
     Runs a float64 copy in training mode (batch-norm batch statistics, dropout), re-seeding the
     RNG before every forward so each evaluation uses the same dropout masks.
@@ -102,13 +103,22 @@ def gradient_check(model, x, lengths, digits, head: str = "sequence", n_proj: in
         xin = x.clone().requires_grad_(True)
         grads = torch.autograd.grad(f(params, xin, u), [params[n] for n in names] + [xin], allow_unused=True)
         analytic = sum(float((g * d).sum()) for g, d in zip(grads, [v[n] for n in names] + [w]) if g is not None)
-        with torch.no_grad():
-            plus = f({n: theta[n] + eps * v[n] for n in names}, x + eps * w, u)
-            minus = f({n: theta[n] - eps * v[n] for n in names}, x - eps * w, u)
-        numeric = float(plus - minus) / (2 * eps)
-        rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-8)
+        # Two step sizes: a kink (ReLU at 0, a max-pool or maxout switching) between t - h and
+        # t + h spoils one centred difference by chance (measured: ~1 projection in 10 at
+        # h = 1e-4); a wrong backward is off by O(1) at every step size.
+        best = None
+        for h in (eps, eps / 10):
+            with torch.no_grad():
+                plus = f({n: theta[n] + h * v[n] for n in names}, x + h * w, u)
+                minus = f({n: theta[n] - h * v[n] for n in names}, x - h * w, u)
+            numeric = float(plus - minus) / (2 * h)
+            rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-8)
+            if best is None or rel < best[1]:
+                best = (numeric, rel, h)
+        numeric, rel, h = best
         worst = max(worst, rel)
-        rows.append({"projection": k, "autograd": analytic, "finite_difference": numeric, "relative_error": rel})
+        rows.append({"projection": k, "autograd": analytic, "finite_difference": numeric, "step": h,
+                     "relative_error": rel})
     ok = math.isfinite(worst) and worst <= tol
     return CheckResult("gradient: finite differences (eq. 11.7), u.g(theta+tv, x+tw)", _status(ok, True),
                        f"max rel. err {worst:.1e} over {n_proj} projections", f"<= {tol:g}", True,
@@ -172,8 +182,8 @@ def complex_step_check(length_logits, digit_logits, lengths, digits, head: str =
         vl, vd = rng.normal(size=L.shape), rng.normal(size=D.shape)
         Lr, Dr = L.clone().requires_grad_(True), D.clone().requires_grad_(True)
         f = torch.dot(torch.from_numpy(u), sequence.log_likelihood(Lr, Dr, lengths, digits, head))
-        gl, gd = torch.autograd.grad(f, [Lr, Dr])
-        analytic = float((gl.numpy() * vl).sum() + (gd.numpy() * vd).sum())
+        gl, gd = torch.autograd.grad(f, [Lr, Dr], allow_unused=True)  # blank head: no length term
+        analytic = sum(float((g.numpy() * v).sum()) for g, v in ((gl, vl), (gd, vd)) if g is not None)
         fc = u @ log_likelihood_complex(L.numpy() + 1j * h * vl, D.numpy() + 1j * h * vd,
                                         lengths_np, digits_np, head, BLANK)
         numeric = float(fc.imag / h)
