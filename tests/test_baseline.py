@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,4 +184,4 @@ def test_tesseract_reads_a_real_photo(svhn_fixtures):
     record = svhn.read_split(svhn_fixtures / "train").records[0]
     image = svhn.load_image(svhn_fixtures / "train" / record.file)
     reading = engine.read(baseline.cut(image, baseline.crop_box(record.boxes, 1.0)), "digits", "mean")
-    assert set(reading.text) <= set("0123456789") and reading.confidence <= 0
+    assert reading.text == "19" and reading.confidence <= 0  # Tesseract 5.3 reads it (the val split: 38%)

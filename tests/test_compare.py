@@ -1,7 +1,6 @@
 """compare.py: the table, thresholds from validation, disagreements, on hand-made predictions files."""
 
 import json
-import math
 
 import pytest
 

@@ -346,7 +346,10 @@ def select_photos(split: str, data: str | None = None, run: str | None = None):
 
     if split in ("val", "train"):
         from transcribe import dataset
-        train, val = dataset.load_splits(validation_config(data, run))
+        try:
+            train, val = dataset.load_splits(validation_config(data, run))
+        except (svhn.DataError, ValueError) as e:
+            raise SystemExit(f"cannot make the validation split: {e}") from None
         val = val if split == "val" else train
         splits: dict[str, dict] = {}
         items = []
@@ -431,8 +434,10 @@ def decoding_table(engine: "RapidOCR", items, widen: float, target: float = 0.98
 
 
 def system_name(cfg: BaselineConfig) -> str:
+    """e.g. rapidocr-digits-w1.0, tesseract-whitelist-w1.3"""
     decode = cfg.decode if cfg.engine == "rapidocr" else "whitelist"
-    return f"{cfg.engine}-{decode}-w{cfg.crop_widen:g}"
+    widen = f"{cfg.crop_widen:g}"
+    return f"{cfg.engine}-{decode}-w{widen if '.' in widen else widen + '.0'}"
 
 
 def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
