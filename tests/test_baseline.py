@@ -139,6 +139,7 @@ def test_baseline_command_on_real_photos_is_scored_like_a_model(svhn_fixtures, t
     meta = json.loads((out / "meta.json").read_text())
     assert meta["skipped"] == 36 and meta["images_per_second"] > 0
     assert json.loads((out / "report.json").read_text())["n"] == 3
+    assert (out / "accuracy_coverage.png").is_file()  # the evaluator's plots, unchanged
 
 
 def test_validation_photos_are_the_ones_our_models_hold_out(svhn_fixtures, tmp_path, monkeypatch):

@@ -495,6 +495,8 @@ def run_baseline(args: argparse.Namespace) -> int:
     save_json(rep, out / "report.json")
     title = f"Baseline {system} on {name}"
     (out / "report.md").write_text(metrics.to_markdown(rep, title=title))
+    from transcribe import report
+    report.write_plots(rows, rep, out, title)
     meta = {"system": system, "engine": cfg.engine, "engine_version": engine.version,
             "model": str(engine.model_path) if engine.model_path else None, "config": dataclasses.asdict(cfg),
             "split": args.split, "photos": len(rows), "skipped": len(problems), "problems": problems[:100],
@@ -506,7 +508,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     print(f"{len(rows)} photos read, {len(problems)} skipped. sequence accuracy {rep['sequence_accuracy']:.4f}, "
           f"character accuracy {rep['character_accuracy']:.4f}, coverage at {rep['target']:.0%} "
           f"{best['coverage']:.4f} (threshold chosen on these photos), {meta['images_per_second']} images/s; "
-          f"wrote {out}/predictions.jsonl, report.json, report.md, meta.json", file=sys.stderr)
+          f"wrote {out}/predictions.jsonl, report.json, report.md, meta.json, plots", file=sys.stderr)
     if problems:
         from transcribe import svhn
         print(svhn.summarize([svhn.Problem(p["file"], p["problem"], p["skipped"]) for p in problems]),
