@@ -265,7 +265,7 @@ def markdown(result: dict) -> str:
             f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {_fmt(r['train_img_s'], 1)} "
             f"| {_fmt(r['infer_img_s'], 1)} | {r['train_flop_s'] / 1e9:,.1f} | {100 * r['train_flop_s'] / peak:.0f}% "
             f"| {_fmt(r.get('ours_e2e_img_s'), 1)} | {_fmt(r.get('obvious_e2e_img_s'), 1)} "
-            f"| {_fmt(r.get('ours_over_obvious'), 2)}x |")
+            f"| {_fmt(r.get('ours_over_obvious'), 2)}{'x' * ('ours_over_obvious' in r)} |")
     d = result["data"]
     lines += ["", "| data path alone (batch %d) | img/s |" % d["batch"], "|---|---:|",
               f"| ours: uint8 tensor -> prepare_batch | {_fmt(d.get('ours_img_s'))} |",
