@@ -1,7 +1,6 @@
 """`transcribe data`: the summary of a folder, strict mode, errors without tracebacks, svhn/synth wiring."""
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from transcribe import svhn

@@ -3,7 +3,6 @@ bad input fails with the file named; downloads resume and extraction is safe."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

@@ -22,7 +22,6 @@ This is a benchmark, not a test: nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

@@ -462,18 +462,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _optimizer_factory(train_section: dict | None):
-    """The optimizer built as training.train builds it (weight decay on weights only), from the
-    config's train section or, without one, TrainConfig's defaults (what `transcribe train` uses)."""
+    """The optimizer exactly as `transcribe train` builds it, from the config's train section
+    or, without one, TrainConfig's defaults."""
+    import functools
     from . import config as C
     from . import training
     cfg = C.from_dict(training.TrainConfig, train_section or {})
-
-    def make(model):
-        import torch
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return make
+    return functools.partial(training.make_optimizer, cfg=cfg)

@@ -16,9 +16,7 @@ Writes OUT/compare.json, OUT/compare.md, OUT/accuracy_coverage.png and OUT/disag
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
 import math
 import sys
@@ -29,8 +27,6 @@ from typing import Any, Sequence
 from transcribe import metrics
 
 GALLERY_N = 100  # disagreements shown, most confident wrong reading first
-PHOTO_HEIGHT = 120  # px, thumbnail height
-PHOTO_MAX_WIDTH = 320  # px
 NO_VAL = "best achievable (no val threshold)"
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -212,22 +208,9 @@ def plot(systems: Sequence[System], table: list[dict], path: Path, target: float
 
 def _thumbnail(item: dict, boxes: Sequence[tuple[str, Any]]) -> str | None:
     """The photo with every system's crop box drawn in its colour, as a data URI; None if unreadable."""
-    from PIL import Image, ImageDraw
-    try:
-        with Image.open(str(item["image"])) as im:
-            photo = im.convert("RGB")
-    except (OSError, ValueError, TypeError):
-        return None
-    scale = min(PHOTO_HEIGHT / photo.height, PHOTO_MAX_WIDTH / photo.width)
-    thumb = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.BILINEAR)
-    draw = ImageDraw.Draw(thumb)
-    for color, box in boxes:
-        if box is not None and len(box) == 4:
-            l, t, w, h = (float(v) * scale for v in box)
-            draw.rectangle([l, t, l + w, t + h], outline=color, width=2)
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=88)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    from transcribe import report
+    photo = report._Photos().get(str(item.get("image") or ""))
+    return None if photo is None else report._data_uri(report.draw_boxes(photo, boxes), "JPEG")
 
 
 def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str, int], n: int = GALLERY_N) -> str:

@@ -102,7 +102,6 @@ def count_parameters(model) -> int:
 
 def _define():
     """Define the nn.Module classes on first use, so importing this module does not import torch."""
-    import torch
     import torch.nn as nn
     import torch.nn.functional as F
 

