@@ -74,6 +74,13 @@ def test_same_seed_same_bytes_other_seed_differs(generated, tmp_path):
     assert list(_digests(other).values()) != list(_digests(out).values())[:3]
 
 
+def test_worker_processes_write_the_same_bytes(generated, tmp_path):
+    out, _ = generated
+    parallel = synth.generate(tmp_path / "p", 12, seed=7, workers=2)
+    assert _digests(parallel) == _digests(out)
+    assert svhn.read_digitstruct(parallel / "digitStruct.mat") == svhn.read_digitstruct(out / "digitStruct.mat")
+
+
 def test_sample_labels_follow_the_length_distribution():
     stats = synth.load_stats()
     labels = synth.sample_labels(2000, np.random.default_rng(0), stats)

@@ -1,0 +1,42 @@
+"""The command line answers at once: `transcribe --help` must not import torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from transcribe import cli
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_help_lists_every_command_without_importing_torch():
+    out = subprocess.run([sys.executable, "-m", "transcribe.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+    loaded = _modules_after("import contextlib, io\nfrom transcribe import cli\n"
+                            "with contextlib.redirect_stdout(io.StringIO()):\n"
+                            "    try: cli.main(['--help'])\n"
+                            "    except SystemExit: pass")
+    assert "torch" not in loaded and "matplotlib" not in loaded
+
+
+def test_every_registered_command_has_its_functions():
+    import importlib
+    for name, (module, _) in cli.COMMANDS.items():
+        mod = importlib.import_module(module)
+        fn = name.replace("-", "_")
+        assert callable(getattr(mod, f"add_{fn}_arguments")), name
+        assert callable(getattr(mod, f"run_{fn}")), name
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["transcribe-everything"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
