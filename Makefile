@@ -15,8 +15,8 @@ SAMPLE ?= ../shared/data/svhn-sample/train
 TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
-.PHONY: help setup test demo data train evaluate gallery bench train-sample evaluate-sample \
-        baseline compare ablation lr-sweep learning-curve check search figures clean
+.PHONY: help setup test demo data train evaluate gallery train-sample ablation lr-sweep \
+        learning-curve diagnose check search bench baseline compare figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ demo: setup ## the whole path on synthetic data: data, train (10 min), evaluate,
 	test -f data/synth/test/digitStruct.mat  || $(TR) data synth --n 2000 --out data/synth/test --seed 2
 	$(TR) data data/synth/train
 	$(TR) train --preset cpu --train data/synth/train --out $(DEMO_RUN) --threads 2 \
-	    --steps 4000 --lr 0.05 --eval-every 250 --max-seconds $(DEMO_SECONDS)
+	    --steps 1800 --lr 0.05 --eval-every 200 --max-seconds $(DEMO_SECONDS)
 	$(TR) evaluate $(DEMO_RUN) --split val
 	$(TR) evaluate $(DEMO_RUN) --split test
 
@@ -65,3 +65,64 @@ evaluate: setup ## threshold for 98% chosen on validation, applied to test: cove
 
 gallery: setup ## most confident mistakes on the training photos (where the chapter found tight crops)
 	$(TR) evaluate $(RUN) --split $(DATA)/train
+
+# ---------------------------------------------------------------- the real sample (2,000 photos)
+# Fine-tunes the demo's synthetic-trained network on the sample's training part; validation
+# (10%, seed 0) comes from the sample only. Run `make demo` first (it is run if missing).
+SAMPLE_RUN ?= runs/sample
+train-sample: setup ## fine-tune the synthetic-pretrained cpu net on ../shared/data/svhn-sample (10 min)
+	test -f $(DEMO_RUN)/ckpt-best.pt || $(MAKE) demo
+	$(TR) train --preset cpu --init $(DEMO_RUN)/ckpt-best.pt --train $(SAMPLE) --out $(SAMPLE_RUN) \
+	    --threads 2 --steps 1600 --lr 0.02 --eval-every 100 --eval-limit 600 --max-seconds 600
+	$(TR) evaluate $(SAMPLE_RUN) --split val
+
+# ---------------------------------------------------------------- methodology (book ch. 11)
+# STUDY is the training folder these tools study: the real sample by default.
+STUDY ?= $(SAMPLE)
+ablation: setup ## crop widening 1.0 vs 1.3: same preset, photos, budget (sec. 11.6)
+	$(PY) scripts/ablation.py --train $(STUDY) --preset cpu --steps 900 --max-seconds 300 \
+	    --split val --out runs/ablation
+
+lr-sweep: setup ## training error after a fixed budget against the learning rate (fig. 11.1)
+	$(TR) lr-sweep --preset cpu --train $(STUDY) --lr-min 1e-3 --lr-max 1 --per-decade 2 \
+	    --steps 150 --threads 2 --out runs/lr-sweep
+
+learning-curve: setup ## error against training-set size, power-law fit: gather more data?
+	$(TR) learning-curve --preset cpu --train $(STUDY) --lr 0.05 --epochs 12 --min-steps 150 \
+	    --max-steps 350 --evals 4 --threads 2 --out runs/learning-curve
+
+diagnose: setup ## underfitting, overfitting or a defect, for RUN
+	$(TR) diagnose $(RUN)
+
+check: setup ## the chapter's debugging checks on real photos, pass/fail
+	$(TR) check --train $(STUDY) --threads 2 --out runs/check
+
+search: setup ## random search with Optuna, 2 workers sharing one SQLite study
+	$(TR) search --preset cpu --train $(STUDY) --trials 8 --workers 2 --steps 300 --evals 3 \
+	    --out runs/search
+
+bench: setup ## images/second: training, inference, the data path vs the obvious loader
+	$(TR) bench --threads 2 --out runs/bench/bench.json
+
+# ---------------------------------------------------------------- the OCR baseline (sec. 11.2)
+baseline: setup ## RapidOCR's recognizer on the sample's validation photos, tight and wide crops
+	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split val --data $(STUDY) --out runs/baseline/rapidocr-w1.0-val
+	$(TR) baseline --engine rapidocr --crop-widen 1.3 --split val --data $(STUDY) --out runs/baseline/rapidocr-w1.3-val
+	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split train --data $(STUDY) --out runs/baseline/rapidocr-w1.0-train
+
+compare: setup ## our sample model against the OCR baseline on the same validation photos
+	$(TR) compare $(SAMPLE_RUN)/eval/val runs/baseline/rapidocr-w1.0-val runs/baseline/rapidocr-w1.3-val \
+	    --names transcribe-cpu rapidocr-tight rapidocr-wide \
+	    --val-preds - runs/baseline/rapidocr-w1.0-train - --out runs/compare
+
+figures: setup ## README figures into docs/figures/ (git-ignored): contact sheet, plots, gallery shot
+	mkdir -p docs/figures
+	$(PY) scripts/contact_sheet.py --out docs/figures/synth-vs-real.png
+	-cp $(SAMPLE_RUN)/eval/val/accuracy_coverage.png docs/figures/sample-accuracy-coverage.png
+	-cp runs/compare/*.png docs/figures/ 2>/dev/null
+	-cp runs/learning-curve/learning_curve.png runs/lr-sweep/lr_sweep.png docs/figures/
+	-chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,1400 \
+	    --screenshot=docs/figures/sample-gallery.png file://$(CURDIR)/$(SAMPLE_RUN)/eval/val/gallery.html
+
+clean: ## remove run folders and caches (keeps downloaded and synthetic data)
+	rm -rf runs data/cache

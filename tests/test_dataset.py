@@ -148,8 +148,16 @@ def test_load_splits_deterministic_and_disjoint(tmp_path):
     assert len(small) == 3 and names(small) < names(larger) < names(train) and names(val_s) == names(val)
     with pytest.raises(ValueError, match="train_size 8"):
         load_splits(replace(cfg, train_size=8), progress=False)
+    # mix: extra photos join the training side only; validation is the same real photos.
+    m, _ = make_folder(tmp_path / "p" / "m", n_good=4, missing=False, corrupt=False, outside=False)
+    mixed, val_m = load_splits(replace(cfg, mix=(str(m),)), progress=False)
+    assert names(val_m) == names(val) and names(mixed) == names(train) | {str(m / f"{i}.png") for i in range(1, 5)}
+    mixed2, _ = load_splits(replace(cfg, mix=(str(m),), mix_size=2), progress=False)
+    assert len(mixed2) == len(train) + 2 and names(train) < names(mixed2)
+    with pytest.raises(ValueError, match="mix_size 9"):
+        load_splits(replace(cfg, mix=(str(m),), mix_size=9), progress=False)
     # Rows keep their labels through concatenation and splitting.
-    for c in (train, val):
+    for c in (train, val, mixed):
         for i in range(len(c)):
             assert c.lengths[i] == int(os.path.basename(c.path(i)).split(".")[0])
 

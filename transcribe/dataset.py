@@ -63,6 +63,10 @@ class DataConfig:
     # Learning curves (DL book ch. 11): train on the first train_size of one seeded order of the
     # training side; the validation side is unchanged and smaller sizes are subsets of larger ones.
     train_size: int = field(default=0, metadata={"help": "if > 0, train on only this many photos of the training side"})
+    # Extra photos for the training side only, never validated on: synthetic photos mixed into a
+    # small real set regularize it while validation stays purely real.
+    mix: tuple[str, ...] = field(default=(), metadata={"help": "format-1 folders or .h5 caches added to the training side only (never to validation)"})
+    mix_size: int = field(default=0, metadata={"help": "if > 0, add only this many (seeded choice) of the --mix photos"})
     # Crops (Goodfellow et al. 2014, sec. 5.1).
     widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre"})
     size: int = field(default=crops.SIZE, metadata={"help": "side of the cached crop, pixels"})
@@ -341,7 +345,8 @@ def validation_size(n: int, cfg: DataConfig) -> int:
 
 
 def load_splits(cfg: DataConfig, strict: bool = False, progress: bool = True) -> tuple[Cache, Cache]:
-    """(train, val): every source's cache concatenated, then a seeded random hold-out.
+    """(train, val): every source's cache concatenated, then a seeded random hold-out; the
+    `mix` photos (if any) are then added to the training side only.
 
     The split is a pure function of (the pooled rows, val size, seed): rerunning or resuming
     gives the same photos on each side. Rows keep their pool order within each side.
@@ -356,7 +361,16 @@ def load_splits(cfg: DataConfig, strict: bool = False, progress: bool = True) ->
         # A second seeded order of the training side; its prefixes are nested subsets.
         prefix = np.random.default_rng([cfg.seed, 1]).permutation(len(train_index))[:cfg.train_size]
         train_index = train_index[np.sort(prefix)]
-    return pool.subset(train_index), pool.subset(val_index)
+    train, val = pool.subset(train_index), pool.subset(val_index)
+    if cfg.mix:
+        extra = concatenate([evaluation_cache(src, cfg, strict=strict, progress=progress) for src in cfg.mix])
+        if cfg.mix_size > 0:
+            if cfg.mix_size > len(extra.images):
+                raise ValueError(f"mix_size {cfg.mix_size} is more than the {len(extra.images)} photos of {cfg.mix}")
+            pick = np.random.default_rng([cfg.seed, 2]).permutation(len(extra.images))[:cfg.mix_size]
+            extra = extra.subset(np.sort(pick))
+        train = concatenate([train, extra])
+    return train, val
 
 
 # ---------------------------------------------------------------------------------------
