@@ -85,6 +85,8 @@ def test_evaluate_val_then_test_reuses_the_validation_threshold(tiny_run, capsys
         assert (run / "eval" / "test" / name).exists() or (name == "mistakes.png" and rep["mistakes"] == 0), name
     assert list((run / "eval" / "test" / "tb").glob("events.*"))
     assert result["gallery"] == run / "eval" / "test" / "gallery.html"
+    meta = json.loads((run / "eval" / "test" / "meta.json").read_text())  # compare reads the speed from here
+    assert meta["images_per_second"] > 0 and meta["step"] == rep["checkpoint"]["step"]
 
 
 def test_predict_rows_match_the_cache_and_predict_on_the_full_photo(tiny_run):
