@@ -36,10 +36,10 @@ def test_random_sampler_draws_lr_log_uniformly():
     study = optuna.create_study(sampler=search.make_sampler("random", ["lr"], seed=0))
     study.optimize(lambda t: search.suggest(t, ["lr"])["lr"], n_trials=400)
     logs = np.log10([t.params["lr"] for t in study.trials])
-    assert logs.min() >= -4 and logs.max() <= -1
-    # eq. 11.2: log10(lr) ~ U(-4, -1): each decade gets about a third of the draws
-    counts = np.histogram(logs, bins=[-4, -3, -2, -1])[0]
-    assert all(abs(c / 400 - 1 / 3) < 0.08 for c in counts)
+    assert logs.min() >= -5 and logs.max() <= -1
+    # eq. 11.2: log10(lr) ~ u(-5, -1): each of the four decades gets about a quarter of the draws
+    counts = np.histogram(logs, bins=[-5, -4, -3, -2, -1])[0]
+    assert all(abs(c / 400 - 1 / 4) < 0.07 for c in counts)
 
 
 def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, tmp_path, capsys):

@@ -58,7 +58,8 @@ class Param:
 # The declared space. Ranges are chosen "conservatively ... to make sure that the optimal value is
 # very likely to be in the selected range" (11.4.3).
 SPACE: dict[str, Param] = {p.name: p for p in (
-    Param("lr", "float", 1e-4, 1e-1, log=True, grid=(1e-3, 1e-2, 1e-1),
+    # eq. 11.2-11.3: log10(learning_rate) ~ u(-5, -1); the grid is the chapter's {.1, .01, 1e-3, 1e-4, 1e-5}
+    Param("lr", "float", 1e-5, 1e-1, log=True, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5),
           help="peak learning rate, log-uniform (eq. 11.2-11.3)"),
     Param("width", "float", 0.5, 2.0, log=True, grid=(0.5, 1.0, 2.0),
           help="multiplier of every conv width and FC size of the base model (capacity, table 11.1)"),
