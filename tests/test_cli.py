@@ -40,3 +40,11 @@ def test_unknown_command_is_a_clear_error(capsys):
         cli.main(["transcribe-everything"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "predictions.jsonl"
+    bad.write_text("this is not json\n")
+    assert cli.main(["gallery", str(bad), "--out", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("transcribe gallery: error: ") and str(bad) in err and "Traceback" not in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module that owns it, one-line help). Order is the order of a user's path.
@@ -49,8 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"transcribe {name}", description=COMMANDS[name][1])
     getattr(module, f"add_{fn}_arguments")(sub)
     args = sub.parse_args(rest)
-    result = getattr(module, f"run_{fn}")(args)
+    try:
+        result = getattr(module, f"run_{fn}")(args)
+    except KeyboardInterrupt:
+        print(f"transcribe {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # bad input: one clear line (the message names the file), no traceback
+        if not _is_user_error(err) or os.environ.get("TRANSCRIBE_DEBUG"):
+            raise
+        print(f"transcribe {name}: error: {err}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors about the user's input (files, values), as opposed to bugs, which keep their traceback.
+    Set TRANSCRIBE_DEBUG=1 to see the traceback of these too."""
+    return isinstance(err, (OSError, ValueError)) or type(err).__name__ == "DataError"
 
 
 if __name__ == "__main__":
