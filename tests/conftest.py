@@ -30,3 +30,22 @@ def svhn_sample() -> Path:
 @pytest.fixture
 def svhn_labels() -> Path:
     return _shared("svhn-labels")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the 2-core test machine is shared."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """80 synthetic photos (seed 0) in a cache: data for commands that train tiny models."""
+    from transcribe import dataset, synth
+    root = tmp_path_factory.mktemp("synth80")
+    synth.generate(root / "train", 80, seed=0)
+    return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)

@@ -12,12 +12,8 @@ from transcribe.model import PRESETS, build_model
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the 2-core test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # every check here runs on one thread (conftest.one_thread)
     yield
-    torch.set_num_threads(before)
 
 
 def _batch(n=16, seed=0):

@@ -99,23 +99,6 @@ def test_run_errors_reads_best_and_last_rows(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The commands, on tiny synthetic photos (seconds)
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    from transcribe import dataset, synth
-    root = tmp_path_factory.mktemp("methodology")
-    synth.generate(root / "train", 80, seed=0)
-    return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_subset_keeps_the_validation_split_and_nests(tiny_cache):
     from transcribe import dataset
     cfg = dataset.DataConfig(train=(str(tiny_cache),), val_fraction=0.25, seed=3)

@@ -11,14 +11,6 @@ from transcribe.model import PRESETS
 from transcribe.training import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    from transcribe import dataset, synth
-    root = tmp_path_factory.mktemp("search")
-    synth.generate(root / "train", 64, seed=1)
-    return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)
-
-
 def test_apply_params_scales_capacity_and_sets_fields():
     m, d, t = search.apply_params({"width": 2.0, "dropout": 0.3, "widen": 1.5, "lr": 0.02, "batch_size": 32,
                                    "weight_decay": 1e-5}, PRESETS["tiny"], DataConfig(), TrainConfig())
