@@ -38,12 +38,15 @@ test: setup ## the test suite (about 5 minutes on 2 cores)
 DEMO_RUN     ?= runs/demo
 DEMO_N       ?= 20000
 DEMO_SECONDS ?= 600
+DEMO_STEPS   ?= 1800
+DEMO_LR      ?= 0.05
+DEMO_EVAL    ?= 200
 demo: setup ## the whole path on synthetic data: data, train (10 min), evaluate, gallery
 	test -f data/synth/train/digitStruct.mat || $(TR) data synth --n $(DEMO_N) --out data/synth/train --seed 1
 	test -f data/synth/test/digitStruct.mat  || $(TR) data synth --n 2000 --out data/synth/test --seed 2
 	$(TR) data data/synth/train
 	$(TR) train --preset cpu --train data/synth/train --out $(DEMO_RUN) --threads 2 \
-	    --steps 1800 --lr 0.05 --eval-every 200 --max-seconds $(DEMO_SECONDS)
+	    --steps $(DEMO_STEPS) --lr $(DEMO_LR) --eval-every $(DEMO_EVAL) --max-seconds $(DEMO_SECONDS)
 	$(TR) evaluate $(DEMO_RUN) --split val
 	$(TR) evaluate $(DEMO_RUN) --split test
 
@@ -87,8 +90,10 @@ lr-sweep: setup ## training error after a fixed budget against the learning rate
 	$(TR) lr-sweep --preset cpu --train $(STUDY) --lr-min 1e-3 --lr-max 1 --per-decade 2 \
 	    --steps 150 --threads 2 --out runs/lr-sweep
 
+# Each size fine-tunes the synthetic-pretrained network as `make train-sample` does (its config).
 learning-curve: setup ## error against training-set size, power-law fit: gather more data?
-	$(TR) learning-curve --preset cpu --train $(STUDY) --lr 0.05 --epochs 12 --min-steps 150 \
+	test -f $(SAMPLE_RUN)/config.json || $(MAKE) train-sample
+	$(TR) learning-curve --config $(SAMPLE_RUN)/config.json --train $(STUDY) --epochs 12 --min-steps 150 \
 	    --max-steps 350 --evals 4 --threads 2 --out runs/learning-curve
 
 diagnose: setup ## underfitting, overfitting or a defect, for RUN
