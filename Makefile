@@ -100,7 +100,7 @@ diagnose: setup ## underfitting, overfitting or a defect, for RUN
 	$(TR) diagnose $(RUN)
 
 check: setup ## the chapter's debugging checks on real photos, pass/fail
-	$(TR) check --train $(STUDY) --threads 2 --out runs/check
+	$(TR) check --preset cpu --train $(STUDY) --threads 2 --out runs/check
 
 search: setup ## random search with Optuna, 2 workers sharing one SQLite study
 	$(TR) search --preset cpu --train $(STUDY) --trials 8 --workers 2 --steps 300 --evals 3 \
