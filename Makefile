@@ -102,9 +102,9 @@ diagnose: setup ## underfitting, overfitting or a defect, for RUN
 check: setup ## the chapter's debugging checks on real photos, pass/fail
 	$(TR) check --preset cpu --train $(STUDY) --threads 2 --out runs/check
 
-search: setup ## random search with Optuna, 2 workers sharing one SQLite study
-	$(TR) search --preset cpu --train $(STUDY) --trials 8 --workers 2 --steps 300 --evals 3 \
-	    --out runs/search
+search: setup ## random search with Optuna, 2 workers sharing one SQLite study (5 min)
+	$(TR) search --preset cpu --train $(STUDY) --params lr dropout weight_decay batch_size \
+	    --trials 6 --workers 2 --steps 150 --evals 3 --out runs/search
 
 bench: setup ## images/second: training, inference, the data path vs the obvious loader
 	$(TR) bench --threads 2 --out runs/bench/bench.json
