@@ -64,6 +64,20 @@ def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, t
     assert json.loads((run / "config.json").read_text())["model"]["widths"] == best["model"]["widths"]
 
 
+def test_a_stale_trial_folder_from_another_study_is_replaced(tiny_cache, tmp_path):
+    from transcribe.cli import main
+    out = tmp_path / "search"
+    stale = out / "trials" / "0000"
+    stale.mkdir(parents=True)
+    (stale / "ckpt-last.pt").write_bytes(b"left by a study whose database was deleted")
+    assert main(["search", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
+                 "--params", "lr", "--trials", "1", "--steps", "2", "--evals", "1", "--batch-size", "16",
+                 "--out", str(out)]) == 0
+    import optuna
+    (trial,) = optuna.load_study(study_name="transcribe", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert trial.state.name == "COMPLETE" and (stale / "metrics.jsonl").exists()
+
+
 class FakeTraining:
     """Stands in for the `transcribe train` subprocess: writes its metrics rows at once, with a
     validation accuracy set by the trial's learning rate; a good run has finished (exit 0), a bad

@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -166,7 +167,11 @@ def run_trial(trial, names, base: dict, out: Path) -> float:
         params, C.from_dict(ModelConfig, base["model"]), C.from_dict(DataConfig, base["data"]),
         C.from_dict(TrainConfig, base["train"]))
     train_cfg = dataclasses.replace(train_cfg, out=str(run), threads=1, progress=False)
-    run.mkdir(parents=True, exist_ok=True)
+    # A trial number is new in its study, so a folder already there belongs to another study
+    # (e.g. one whose database was deleted): training would try to resume it. Start clean.
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
     cfg_path = run / "trial.json"
     C.save_json({"model": model_cfg, "data": data_cfg, "train": train_cfg}, cfg_path)
     trial.set_user_attr("run", str(run))
