@@ -124,7 +124,7 @@ figures: setup ## README figures into docs/figures/ (git-ignored): contact sheet
 	mkdir -p docs/figures
 	$(PY) scripts/contact_sheet.py --out docs/figures/synth-vs-real.png
 	-cp $(SAMPLE_RUN)/eval/val/accuracy_coverage.png docs/figures/sample-accuracy-coverage.png
-	-cp runs/compare/*.png docs/figures/ 2>/dev/null
+	-cp runs/compare/accuracy_coverage.png docs/figures/compare-accuracy-coverage.png
 	-cp runs/learning-curve/learning_curve.png runs/lr-sweep/lr_sweep.png docs/figures/
 	-chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,1400 \
 	    --screenshot=docs/figures/sample-gallery.png file://$(CURDIR)/$(SAMPLE_RUN)/eval/val/gallery.html
