@@ -420,6 +420,8 @@ def prepare_batch(images, crop: int = 54, train: bool = True, generator=None):
     else:
         o = (s - crop) // 2
         x = images[:, o:o + crop, o:o + crop]
-    x = x.permute(0, 3, 1, 2).float()  # (B, 3, crop, crop)
+    # (B, 3, crop, crop) whose memory is already channels_last (NHWC): the elementwise ops keep
+    # that layout, so the network (channels_last in training) takes it without another copy.
+    x = x.permute(0, 3, 1, 2).float()
     x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x / PIXEL_SCALE).contiguous()
+    return (x / PIXEL_SCALE).contiguous(memory_format=torch.channels_last)
