@@ -43,6 +43,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, ax, path: Path, title: str) -> Path:
+    """The common end of every plot: title, tight layout, write the PNG, free the figure."""
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_accuracy_coverage(rep: dict[str, Any], path: Path, title: str = "") -> Path:
     """Accuracy of the accepted photos against coverage, with the target line and the threshold point."""
     plt = _pyplot()
@@ -66,11 +75,7 @@ def plot_accuracy_coverage(rep: dict[str, Any], path: Path, title: str = "") -> 
     ax.set_ylim(max(0.0, low - 0.02), 1.005)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title or "accuracy vs coverage", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, ax, path, title or "accuracy vs coverage")
 
 
 def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -> Path | None:
@@ -91,11 +96,7 @@ def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title or "principled vs ad-hoc confidence, same predictions", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, ax, path, title or "principled vs ad-hoc confidence, same predictions")
 
 
 def plot_confidence_histograms(rows: Sequence[dict], path: Path, threshold: float | None = None,
@@ -124,11 +125,7 @@ def plot_confidence_histograms(rows: Sequence[dict], path: Path, threshold: floa
     ax.set_xlabel("-log P(S|X)   (left = confident)")
     ax.set_ylabel("photos")
     ax.legend(fontsize=8)
-    ax.set_title(title or "confidence of right and wrong transcriptions", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, ax, path, title or "confidence of right and wrong transcriptions")
 
 
 def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
@@ -147,11 +144,7 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xlabel("exp(confidence) = P(S|X)")
     ax.set_ylabel("fraction correct")
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or f"reliability, ECE {metrics._num(rep['calibration']['ece'])}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics._num(rep['calibration']['ece'])}")
 
 
 def write_pr_curve(rows: Sequence[dict], logdir: Path, tag: str = "accept", step: int = 0) -> Path:
