@@ -69,7 +69,7 @@ from pathlib import Path
 import numpy as np
 
 DIGITS = "0123456789"
-ENGINES = ("rapidocr", "tesseract")
+ENGINES = ("rapidocr", "rapidocr-v6", "tesseract")  # rapidocr: PP-OCRv4; rapidocr-v6: PP-OCRv6 small
 DECODES = ("digits", "filter")
 # How a digits-decoding is scored (all natural logs; T frames, emitted characters c_1..c_n):
 #   path:   sum over all T frames of log p_t(chosen class), full softmax; the log-probability of
@@ -81,8 +81,9 @@ DECODES = ("digits", "filter")
 SCORES = ("path", "renorm", "mean", "chars")  # default mean: see the measurements in the docstring
 LOG_FLOOR = -50.0  # confidence of a reading with score 0 (e.g. nothing emitted): log(2e-22)
 
-# PP-OCRv4 recognizer (rapidocr_onnxruntime/config.yaml: rec_img_shape [3, 48, 320]).
-REC_MODEL = "models/ch_PP-OCRv4_rec_infer.onnx"  # inside the rapidocr_onnxruntime package
+# Recognizers by engine name -> recognizer.SOURCES key: PP-OCRv4 inside rapidocr_onnxruntime 1.x,
+# PP-OCRv6 small inside rapidocr 3.x (both: rec_img_shape [3, 48, 320] in their config.yaml).
+REC_MODELS = {"rapidocr": "ppocr-v4", "rapidocr-v6": "ppocr-v6-small"}
 REC_HEIGHT = 48
 REC_MIN_WIDTH = 320  # RapidOCR pads every line to at least 320 px wide (its training width)
 
@@ -101,6 +102,8 @@ class BaselineConfig:
     crop_widen: float = dataclasses.field(default=1.0, metadata={
         "help": "crop = union of digit boxes widened by this factor about its centre (1.0: tight, "
                 "best for this recognizer; our models use 1.3)"})
+    stretch: float = dataclasses.field(default=1.0, metadata={
+        "help": "rapidocr: the crop is resized to height 48 and this many times its aspect ratio in width"})
     threads: int = dataclasses.field(default=1, metadata={"help": "CPU threads for the engine"})
 
 
@@ -195,19 +198,19 @@ def cut(image: np.ndarray, box) -> np.ndarray:
 # ----------------------------------------------------------------------------- engines
 
 class RapidOCR:
-    """PP-OCRv4 text recognizer from rapidocr_onnxruntime, run by our own ONNX session, so
-    we see the raw (T, 6625) softmax and choose threads. No detection, no angle classifier."""
+    """A PP-OCR text recognizer shipped in a RapidOCR wheel (v4: rapidocr_onnxruntime, v6 small:
+    rapidocr), run by our own ONNX session, so we see the raw (T, C) softmax and choose threads.
+    No detection, no angle classifier."""
 
-    name = "rapidocr"
-
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, engine: str = "rapidocr", stretch: float = 1.0):
+        from transcribe import recognizer
         try:
             import onnxruntime as ort
-            import rapidocr_onnxruntime
         except ImportError as e:
-            raise SystemExit("the rapidocr engine needs the optional extra: pip install 'transcribe[baseline]'"
+            raise SystemExit(f"the {engine} engine needs the optional extra: pip install 'transcribe[baseline]'"
                              f" ({e})") from e
-        self.model_path = Path(rapidocr_onnxruntime.__file__).parent / REC_MODEL
+        self.name, self.stretch = engine, stretch
+        self.model_path = recognizer.onnx_file(REC_MODELS[engine])  # SystemExit naming the extra if absent
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -218,16 +221,17 @@ class RapidOCR:
         self.characters = self.session.get_modelmeta().custom_metadata_map["character"].splitlines()
         self.columns = digit_columns(self.characters)
         self.input_name = self.session.get_inputs()[0].name
-        self.version = getattr(rapidocr_onnxruntime, "__version__", None) or _dist_version("rapidocr_onnxruntime")
+        package = recognizer.SOURCES[REC_MODELS[engine]][0]
+        self.version = _dist_version(package)
 
-    @staticmethod
-    def preprocess(crop_rgb: np.ndarray) -> np.ndarray:
+    def preprocess(self, crop_rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) RGB uint8 -> (1, 3, 48, W') float32 in [-1, 1], BGR (the engine reads
         photos with OpenCV), resized to height 48 keeping the aspect ratio, right-padded with
-        0 to at least 320 px: RapidOCR's TextRecognizer.resize_norm_img for a batch of one."""
+        0 to at least 320 px: RapidOCR's TextRecognizer.resize_norm_img for a batch of one.
+        `stretch` multiplies the width (thin house-number digits read better a little wider)."""
         import cv2
         h, w = crop_rgb.shape[:2]
-        width = max(1, int(math.ceil(REC_HEIGHT * w / h)))
+        width = max(1, int(math.ceil(REC_HEIGHT * self.stretch * w / h)))
         img = cv2.resize(np.ascontiguousarray(crop_rgb[:, :, ::-1]), (width, REC_HEIGHT))
         x = img.astype(np.float32).transpose(2, 0, 1) / 255.0
         x = (x - 0.5) / 0.5
@@ -296,9 +300,9 @@ def parse_tesseract_tsv(tsv: str) -> Reading:
     return Reading(text, _log(sum(confs) / len(confs)) if confs else LOG_FLOOR)
 
 
-def make_engine(name: str, threads: int = 1):
-    if name == "rapidocr":
-        return RapidOCR(threads)
+def make_engine(name: str, threads: int = 1, stretch: float = 1.0):
+    if name in REC_MODELS:
+        return RapidOCR(threads, name, stretch)
     if name == "tesseract":
         return Tesseract(threads)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
@@ -434,10 +438,11 @@ def decoding_table(engine: "RapidOCR", items, widen: float, target: float = 0.98
 
 
 def system_name(cfg: BaselineConfig) -> str:
-    """e.g. rapidocr-digits-w1.0, tesseract-whitelist-w1.3"""
-    decode = cfg.decode if cfg.engine == "rapidocr" else "whitelist"
+    """e.g. rapidocr-digits-w1.0, rapidocr-v6-digits-w1.0-s1.5, tesseract-whitelist-w1.3"""
+    decode = cfg.decode if cfg.engine in REC_MODELS else "whitelist"
     widen = f"{cfg.crop_widen:g}"
-    return f"{cfg.engine}-{decode}-w{widen if '.' in widen else widen + '.0'}"
+    stretch = f"-s{cfg.stretch:g}" if cfg.stretch != 1.0 else ""
+    return f"{cfg.engine}-{decode}-w{widen if '.' in widen else widen + '.0'}{stretch}"
 
 
 def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -461,7 +466,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     from transcribe import evaluation, metrics
     from transcribe.config import from_args, save_json
     cfg = from_args(BaselineConfig, args, BaselineConfig())
-    engine = make_engine(cfg.engine, cfg.threads)  # SystemExit with the reason when absent
+    engine = make_engine(cfg.engine, cfg.threads, cfg.stretch)  # SystemExit with the reason when absent
     name, items, problems = select_photos(args.split, args.data, args.run)
     if args.limit is not None:
         items = items[: args.limit]
@@ -471,8 +476,8 @@ def run_baseline(args: argparse.Namespace) -> int:
     print(f"baseline {system} ({cfg.threads} thread(s)) on {len(items)} photos ({args.split}) -> {out}",
           file=sys.stderr)
     if args.decodings_table:
-        if cfg.engine != "rapidocr":
-            raise SystemExit("--decodings-table needs --engine rapidocr (the only engine with a score matrix)")
+        if cfg.engine not in REC_MODELS:
+            raise SystemExit("--decodings-table needs a rapidocr engine (the only engines with a score matrix)")
         from transcribe.config import save_json as _save
         table = decoding_table(engine, items, cfg.crop_widen)
         _save({"split": args.split, "rows": table}, out / "decodings.json")

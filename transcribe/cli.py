@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
     "predict": ("transcribe.evaluation", "read the number in photos, or refer them to a human"),
     "compare": ("transcribe.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
+    "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
     "baseline": ("transcribe.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.methodology", "error against training-set size, with a power-law fit"),
     "diagnose": ("transcribe.methodology", "name the regime of a run: underfitting, overfitting or a defect"),

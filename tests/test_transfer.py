@@ -1,0 +1,81 @@
+"""Transfer: folds, out-of-fold thresholds, and the command end to end on real photos."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from transcribe import metrics, transfer
+
+
+def test_folds_are_disjoint_and_cover_every_photo():
+    for n, k in ((2000, 5), (13, 5), (7, 2)):
+        folds = transfer.folds_of(n, k, seed=0)
+        flat = [i for f in folds for i in f]
+        assert sorted(flat) == list(range(n))
+        assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert transfer.folds_of(100, 5, 0) == transfer.folds_of(100, 5, 0) != transfer.folds_of(100, 5, 1)
+
+
+def test_split_half_threshold_is_never_chosen_on_the_photos_it_scores():
+    # 100 photos; 5 confident mistakes all fall in the second half. Chosen on the first half (no
+    # mistakes), the threshold accepts them in the second: accuracy there falls below the target,
+    # which a threshold chosen on the second half itself would have avoided.
+    first, second = transfer.folds_of(100, 2, seed=0 + 1)
+    rows = [{"truth": "1", "pred": "1", "confidence": -i / 100} for i in range(100)]
+    for i in second[:5]:
+        rows[i] = {"truth": "1", "pred": "2", "confidence": 0.0}
+    out = transfer.split_half_scores(rows, seed=0)
+    assert out["accuracy"] < 0.98                       # the honest figure sees the mistakes
+    oracle = metrics.best_at_target(np.array([rows[i]["confidence"] for i in second]),
+                                    metrics.correctness([rows[i] for i in second]))
+    assert oracle["coverage"] == 0.0 or oracle["accuracy"] >= 0.98  # in-sample would hide them
+    clean = [{"truth": "1", "pred": "1", "confidence": -i * 1e-3} for i in range(100)]
+    assert 0.9 <= transfer.split_half_scores(clean, seed=0)["coverage"] <= 1.0
+
+
+def test_fold_summary_reports_mean_and_spread():
+    rng = np.random.default_rng(0)
+    rows = [{"truth": "1", "pred": "1" if rng.random() < 0.9 else "2", "confidence": float(-rng.random())}
+            for _ in range(100)]
+    folds = transfer.folds_of(100, 5, 0)
+    s = transfer.fold_summary(rows, folds, 0)
+    assert len(s["folds"]) == 5 and all(f["photos"] == 20 for f in s["folds"])
+    accs = [f["sequence_accuracy"] for f in s["folds"]]
+    assert s["sequence_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert s["sequence_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+
+
+@pytest.mark.slow
+def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path):
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
+    from transcribe import cli, evaluation, svhn
+    folder = tmp_path / "train"
+    folder.mkdir()
+    real = svhn.read_split(svhn_fixtures / "train").records
+    records = []
+    for i in range(12):  # 12 photos made of the 3 real ones
+        src = real[i % 3]
+        shutil.copy(svhn_fixtures / "train" / src.file, folder / f"{i + 1}.png")
+        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
+    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    out = tmp_path / "run"
+    assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
+                     "--out", str(out), "--threads", "1"]) == 0
+    rows = evaluation.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
+    assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(12))  # each photo once
+    assert {r["fold"] for r in rows} == {0, 1, 2}
+    assert all(r["confidence"] <= 0 for r in rows)
+    cv = json.loads((out / "cv.json").read_text())["cv"]
+    assert len(cv["fine_tuned"]["folds"]) == 3 and 0 <= cv["step0"]["sequence_accuracy"]["mean"] <= 1
+    # the shipped model loads with weights_only=True and reads as the run did
+    model, cfg, threshold = transfer.load(out)
+    photos, _ = transfer.load_photos(folder)
+    from transcribe import ctc, recognizer
+    batch, _ = recognizer.collate([transfer.eval_view(p, cfg) for p in photos[:3]], cfg.min_width)
+    with torch.no_grad():
+        texts = [r.text for r in ctc.decode(model(batch))]
+    assert texts[0] == "19"  # 1.png

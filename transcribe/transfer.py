@@ -1,0 +1,412 @@
+"""Transfer: fine-tune the pretrained line recognizer on house numbers, cross-validated.
+
+The recipe (recognizer.py has the model; ctc.py the likelihood and decoding):
+1. Every photo of a format-1 folder is read once; its number box (the union of the digit boxes)
+   and the pixels around it are kept in memory.
+2. Views: an evaluation view per photo (the box widened by `widen`, resized to height 48 and
+   stretched `stretch` times in width), and `views` augmented views per photo for training
+   (box jitter and widening 1.0-1.3, stretch jitter, small rotation, colour and contrast jitter,
+   blur). Augmentation suited to house numbers: they are upright, printed, framed by people.
+3. The convolutional stem is frozen (Practical Methodology, sec. 11.2: copy the model; with
+   1,800 photos the 2.7M stem weights would only overfit, and freezing it is what makes the
+   recipe fit in minutes on 2 cores): every view's stem features are computed ONCE, with
+   onnxruntime. The neck (two convolutions, two transformer blocks, 0.33M weights) and the
+   digits-only head (6k) train on them with AdamW and CTC, log P(S|X) as the objective.
+4. k-fold cross-validation (default 5): each fold trains on the other folds and predicts its
+   own photos, so every photo gets one out-of-fold prediction; the refusal threshold for a fold
+   is chosen on half of its photos and applied to the other half (and the other way round),
+   never on photos that chose it. The model shipped is trained on every photo; its threshold is
+   chosen on all the out-of-fold predictions.
+
+`transcribe transfer --train FOLDER --folds 5 --out RUN` does all of it and writes the run folder
+(config.json, model.pt, threshold.json, metrics.jsonl, cv.json, and eval/cv/ with the
+out-of-fold predictions.jsonl, report, plots and gallery: the usual tools read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+from . import crops, ctc, metrics, svhn
+from . import recognizer as rec
+from .config import add_dataclass_arguments, from_args, save_json, to_dict
+
+MARGIN = 1.8      # pixels kept around the number box: enough for widening 1.3, jitter and rotation
+CHECKPOINT = "model.pt"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    recognizer: str = dataclasses.field(default="ppocr-v6-small", metadata={
+        "help": "pretrained recognizer", "choices": tuple(rec.SOURCES)})
+    stretch: float = dataclasses.field(default=1.5, metadata={
+        "help": "crops resized to height 48 and this many times their aspect ratio in width"})
+    widen: float = dataclasses.field(default=1.0, metadata={
+        "help": "evaluation crop: the union of the digit boxes widened by this factor"})
+    min_width: int = dataclasses.field(default=rec.MIN_WIDTH, metadata={
+        "help": "inputs right-padded to at least this width (RapidOCR: 320)"})
+    views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
+    epochs: int = dataclasses.field(default=12, metadata={"help": "passes over the training photos"})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "photos per step"})
+    lr: float = dataclasses.field(default=3e-4, metadata={"help": "AdamW learning rate of the neck"})
+    head_lr: float = dataclasses.field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
+    weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
+    beam: int = dataclasses.field(default=ctc.BEAM, metadata={"help": "prefix beam width (1: best path)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of folds, views and training"})
+
+
+# ----------------------------------------------------------------------------- photos and views
+
+@dataclass
+class Photo:
+    path: str
+    text: str
+    region: np.ndarray                          # (h, w, 3) uint8: the pixels around the number
+    box: tuple[float, float, float, float]      # the number's box in region pixels
+
+
+def load_photos(folder: str | Path, limit: int | None = None) -> tuple[list[Photo], list[svhn.Problem]]:
+    """Every usable photo of a format-1 folder; unreadable ones are counted, not fatal."""
+    split = svhn.read_split(folder)
+    photos, problems = [], [p for p in split.problems if p.skipped]
+    for rec in split.records[:limit]:
+        path = Path(split.folder) / rec.file
+        try:
+            image = svhn.load_image(path)
+        except svhn.DataError as err:
+            problems.append(svhn.Problem(rec.file, str(err), True))
+            continue
+        l, t, w, h = crops.number_box(rec.boxes)
+        H, W = image.shape[:2]
+        side = max(w, h)
+        x0 = int(max(0, math.floor(l + w / 2 - MARGIN * side / 2 - MARGIN * w / 2)))
+        x1 = int(min(W, math.ceil(l + w / 2 + MARGIN * side / 2 + MARGIN * w / 2)))
+        y0 = int(max(0, math.floor(t + h / 2 - MARGIN * h)))
+        y1 = int(min(H, math.ceil(t + h / 2 + MARGIN * h)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            problems.append(svhn.Problem(rec.file, f"{path}: number box {rec.boxes} lies outside the photo", True))
+            continue
+        photos.append(Photo(str(path), rec.text, image[y0:y1, x0:x1].copy(), (l - x0, t - y0, w, h)))
+    return photos, problems
+
+
+def cut(region: np.ndarray, box) -> np.ndarray:
+    """The box's pixels, clamped to the region; aspect ratio kept (a line recognizer reads a
+    strip of any width; black padding would be read as a '1')."""
+    l, t, w, h = box
+    H, W = region.shape[:2]
+    x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
+    x1, y1 = min(W, int(math.ceil(l + w))), min(H, int(math.ceil(t + h)))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"box {box} lies outside the {W}x{H} photo")
+    return region[y0:y1, x0:x1]
+
+
+def eval_view(photo: Photo, cfg: TransferConfig) -> torch.Tensor:
+    return rec.to_input(cut(photo.region, crops.widen(photo.box, cfg.widen)), cfg.stretch)
+
+
+def train_view(photo: Photo, cfg: TransferConfig, rng: np.random.Generator) -> torch.Tensor:
+    """One augmented view: box jitter and widening, rotation, colour, blur, stretch jitter."""
+    l, t, w, h = photo.box
+    cx = l + w / 2 + rng.uniform(-0.06, 0.06) * w
+    cy = t + h / 2 + rng.uniform(-0.06, 0.06) * h
+    w2, h2 = w * rng.uniform(1.0, 1.3), h * rng.uniform(1.0, 1.2)
+    img = Image.fromarray(photo.region)
+    angle = rng.uniform(-5, 5)
+    if abs(angle) > 0.5:
+        img = img.rotate(angle, resample=Image.BILINEAR, center=(cx, cy), fillcolor=tuple(photo.region.mean((0, 1)).astype(int)))
+    if rng.random() < 0.8:
+        img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.4))
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+        img = ImageEnhance.Color(img).enhance(rng.uniform(0.0, 1.5))
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * h / 48))
+    crop = cut(np.asarray(img), (cx - w2 / 2, cy - h2 / 2, w2, h2))
+    return rec.to_input(crop, cfg.stretch * rng.uniform(0.85, 1.15))
+
+
+# ----------------------------------------------------------------------------- stem features
+
+def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: int = 32,
+                  desc: str = "features") -> list[torch.Tensor]:
+    """(384, W/8) float16 features of each input, each padded as RapidOCR pads it alone (to
+    max(min_width, its width)); inputs of equal padded width share a batch."""
+    widths = [max(cfg.min_width, x.shape[-1]) for x in inputs]
+    widths = [int(math.ceil(w / rec.FRAME)) * rec.FRAME for w in widths]
+    out: list[torch.Tensor | None] = [None] * len(inputs)
+    order = sorted(range(len(inputs)), key=lambda i: widths[i])
+    done, start, last = 0, time.time(), time.time()
+    for width in sorted(set(widths)):
+        idx = [i for i in order if widths[i] == width]
+        for k in range(0, len(idx), batch):
+            chunk = idx[k:k + batch]
+            x, _ = rec.collate([inputs[i] for i in chunk], width)
+            feats = stem(x)[:, :, 0, :].to(torch.float16)          # (b, 384, W/8)
+            for i, f in zip(chunk, feats):
+                out[i] = f.clone()
+            done += len(chunk)
+            if time.time() - last > 30:
+                print(f"  {desc}: {done}/{len(inputs)} ({done / (time.time() - start):.1f}/s)", file=sys.stderr)
+                last = time.time()
+    return out  # type: ignore[return-value]
+
+
+def batches_by_width(items: list[int], feats: list[torch.Tensor], size: int, rng: np.random.Generator | None):
+    """Indices grouped so a batch holds features of one width; shuffled when rng is given."""
+    groups: dict[int, list[int]] = {}
+    for i in items:
+        groups.setdefault(feats[i].shape[-1], []).append(i)
+    out = []
+    for idx in groups.values():
+        if rng is not None:
+            idx = list(rng.permutation(idx))
+        out += [idx[k:k + size] for k in range(0, len(idx), size)]
+    if rng is not None:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+def stack(feats: list[torch.Tensor], idx: list[int]) -> torch.Tensor:
+    return torch.stack([feats[i] for i in idx]).float().unsqueeze(2)   # (B, 384, 1, T)
+
+
+# ----------------------------------------------------------------------------- train and predict
+
+def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Photo],
+         idx: list[int], beam: int) -> list[dict]:
+    """Predictions rows (predictions.jsonl) for photos[idx] from their evaluation features."""
+    model.eval()
+    rows: dict[int, dict] = {}
+    with torch.no_grad():
+        for b in batches_by_width(idx, feats, 64, None):
+            log_probs = model.from_stem(stack(feats, b))
+            best = log_probs.argmax(-1)
+            for i, reading, lp, path in zip(b, ctc.decode(log_probs, beam), log_probs, best):
+                photo = photos[i]
+                emitted = [(t, int(path[t])) for t in range(len(path)) if path[t] != 0 and (t == 0 or path[t] != path[t - 1])]
+                probs = [float(lp[t, c].exp()) for t, c in emitted]
+                rows[i] = {"image": photo.path, "file": Path(photo.path).name, "truth": photo.text,
+                           "pred": reading.text, "confidence": reading.logp,
+                           # ad hoc, as RapidOCR scores a line: log of the mean probability of the
+                           # best path's emitted characters
+                           "adhoc_confidence": math.log(max(sum(probs) / len(probs), 1e-30)) if probs else -50.0,
+                           "best_path_confidence": float(lp.max(-1).values.sum()),
+                           "length_probs": None, "digit_probs": None}
+    return [rows[i] for i in idx]
+
+
+def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos: list[Photo],
+              idx: list[int], cfg: TransferConfig, log=None) -> None:
+    """Train the neck and head on the augmented views' features of photos[idx], in place."""
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW([{"params": model.neck.parameters(), "lr": cfg.lr},
+                             {"params": model.head.parameters(), "lr": cfg.head_lr}],
+                            weight_decay=cfg.weight_decay)
+    base = [g["lr"] for g in opt.param_groups]
+    steps = cfg.epochs * math.ceil(len(idx) / cfg.batch_size)
+    step, start = 0, time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        # one view per photo per epoch: view (epoch + photo's offset) mod views
+        chosen = [feats[(epoch + int(rng.integers(cfg.views))) % cfg.views][i] for i in idx]
+        texts = [photos[i].text for i in idx]
+        total, n = 0.0, 0
+        for b in batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng):
+            for g, lr in zip(opt.param_groups, base):  # cosine decay to 0 over the run
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            log_probs = model.from_stem(stack(chosen, b))
+            loss = -ctc.log_likelihood(log_probs, [texts[i] for i in b]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            total += float(loss) * len(b)
+            n += len(b)
+            step += 1
+        if log is not None:
+            log({"epoch": epoch + 1, "step": step, "train_nll": total / n, "seconds": round(time.time() - start, 1)})
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+def folds_of(n: int, k: int, seed: int) -> list[list[int]]:
+    """k disjoint folds covering range(n), sizes differing by at most one."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return [sorted(int(i) for i in perm[f::k]) for f in range(k)]
+
+
+def split_half_scores(rows: list[dict], seed: int, key: str = "confidence", target: float = metrics.TARGET) -> dict:
+    """Coverage and accuracy at `target` with thresholds chosen out of sample: the rows are split
+    in two halves; each half's threshold is applied to the other half."""
+    halves = folds_of(len(rows), 2, seed + 1)
+    accepted = correct_accepted = 0
+    for choose, apply in ((halves[0], halves[1]), (halves[1], halves[0])):
+        conf = np.array([rows[i][key] for i in choose], dtype=float)
+        ok = metrics.correctness([rows[i] for i in choose])
+        threshold = metrics.threshold_for_accuracy(conf, ok, target)
+        if threshold is None:
+            continue
+        conf2 = np.array([rows[i][key] for i in apply], dtype=float)
+        ok2 = metrics.correctness([rows[i] for i in apply])
+        acc = conf2 >= threshold
+        accepted += int(acc.sum())
+        correct_accepted += int((acc & ok2).sum())
+    return {"coverage": accepted / len(rows), "accuracy": correct_accepted / accepted if accepted else None}
+
+
+def fold_summary(rows: list[dict], folds: list[list[int]], seed: int, key: str = "confidence") -> dict:
+    """Mean and standard deviation over folds of sequence accuracy and of coverage at 98%."""
+    per = []
+    for f, idx in enumerate(folds):
+        sub = [rows[i] for i in idx]
+        s = split_half_scores(sub, seed + f, key)
+        per.append({"fold": f, "photos": len(sub), "sequence_accuracy": float(metrics.correctness(sub).mean()),
+                    "coverage": s["coverage"], "accuracy_accepted": s["accuracy"],
+                    "best_coverage": metrics.best_at_target(np.array([r[key] for r in sub]), metrics.correctness(sub))["coverage"]})
+    out = {"folds": per}
+    for name in ("sequence_accuracy", "coverage", "best_coverage"):
+        v = np.array([p[name] for p in per], dtype=float)
+        out[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int):
+    stem = rec.StemSession(model, threads)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    evals = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, desc="evaluation views")
+    augmented = []
+    for v in range(cfg.views):
+        inputs = [train_view(p, cfg, rng) for p in photos]
+        augmented.append(stem_features(stem, inputs, cfg, desc=f"training views {v + 1}/{cfg.views}"))
+    return evals, augmented, time.time() - t0
+
+
+def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, TransferConfig)
+    parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
+    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only)")
+    parser.add_argument("--out", required=True, help="run folder to write")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from . import evaluation, report as report_mod
+    cfg = from_args(TransferConfig, args, TransferConfig())
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    photos, problems = load_photos(args.train, args.limit)
+    if len(photos) < max(args.folds, 2):
+        raise SystemExit(f"{args.train}: {len(photos)} usable photos, too few")
+    print(f"transfer {cfg.recognizer}: {len(photos)} photos from {args.train} ({len(problems)} skipped), "
+          f"stretch {cfg.stretch}, {cfg.views} views, {cfg.epochs} epochs, {args.folds} folds -> {out}", file=sys.stderr)
+    model = rec.LineRecognizer(cfg.recognizer)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads)
+    print(f"  stem features of {len(photos) * (1 + cfg.views)} views in {feat_seconds:.0f} s", file=sys.stderr)
+    save_json({"transfer": cfg, "train": args.train, "folds": args.folds, "photos": len(photos),
+               "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+
+    def log(row):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    everything = list(range(len(photos)))
+    step0 = read(model, evals, photos, everything, cfg.beam)  # the off-the-shelf reader, principled confidence
+    summary: dict = {"photos": len(photos), "feature_seconds": round(feat_seconds, 1)}
+    if args.folds >= 2:
+        folds = folds_of(len(photos), args.folds, cfg.seed)
+        oof: list[dict | None] = [None] * len(photos)
+        for f, held in enumerate(folds):
+            model.load_state_dict(initial)
+            train_idx = sorted(set(everything) - set(held))
+            fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}))
+            for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
+                oof[i] = {**row, "fold": f}
+            acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
+            acc0 = float(np.mean([step0[i]["pred"] == step0[i]["truth"] for i in held]))
+            print(f"  fold {f + 1}/{args.folds}: {acc:.2%} sequence accuracy out of fold (step 0: {acc0:.2%}), "
+                  f"{time.time() - t0:.0f} s", file=sys.stderr)
+            log({"fold": f, "sequence_accuracy": acc, "step0_sequence_accuracy": acc0})
+        rows = [r for r in oof if r is not None]
+        cv_dir = out / "eval" / "cv"
+        evaluation.write_predictions(rows, cv_dir / "predictions.jsonl")
+        evaluation.write_predictions([{**r, "fold": next(f for f, h in enumerate(folds) if i in h)}
+                                      for i, r in enumerate(step0)], out / "eval" / "step0" / "predictions.jsonl")
+        rep = metrics.report(rows)
+        save_json(rep, cv_dir / "report.json")
+        (cv_dir / "report.md").write_text(metrics.to_markdown(rep, title=f"Transfer {cfg.recognizer}, out of fold"))
+        report_mod.write_plots(rows, rep, cv_dir, f"Transfer {cfg.recognizer}, out of fold")
+        summary["cv"] = {"fine_tuned": fold_summary(rows, folds, cfg.seed),
+                         "fine_tuned_adhoc": fold_summary(rows, folds, cfg.seed, "adhoc_confidence"),
+                         "step0": fold_summary(step0, folds, cfg.seed),
+                         "step0_adhoc": fold_summary(step0, folds, cfg.seed, "adhoc_confidence")}
+        threshold = metrics.threshold_for_accuracy(metrics.confidences(rows), metrics.correctness(rows))
+    else:
+        threshold = None
+    # The shipped model: every photo.
+    model.load_state_dict(initial)
+    fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}))
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
+    tmp = out / f"{CHECKPOINT}.tmp{os.getpid()}"
+    torch.save({"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
+                "model": trained}, tmp)
+    tmp.replace(out / CHECKPOINT)
+    save_json({"threshold": threshold, "target": metrics.TARGET, "chosen_on": "out-of-fold predictions",
+               "photos": len(photos)}, out / "threshold.json")
+    summary["seconds"] = round(time.time() - t0, 1)
+    save_json(summary, out / "cv.json")
+    print(format_summary(summary), file=sys.stderr)
+    print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/ in {summary['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
+def load(run: str | Path) -> tuple[rec.LineRecognizer, TransferConfig, float | None]:
+    """A transfer run's model (rebuilt from the wheel's recognizer, fine-tuned weights loaded)."""
+    run = Path(run)
+    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    cfg = TransferConfig(**ckpt["config"])
+    model = rec.LineRecognizer(ckpt["source"]["name"])
+    if model.source_sha256 != ckpt["source"]["sha256"]:
+        raise ValueError(f"{run / CHECKPOINT}: fine-tuned from another {ckpt['source']['name']} file "
+                         f"(sha256 {ckpt['source']['sha256'][:12]}, installed {model.source_sha256[:12]})")
+    missing = model.load_state_dict(ckpt["model"], strict=False)
+    if missing.unexpected_keys or [k for k in missing.missing_keys if not k.startswith("stem.")]:
+        raise ValueError(f"{run / CHECKPOINT}: weights do not fit the {ckpt['source']['name']} recognizer")
+    threshold = json.loads((run / "threshold.json").read_text()).get("threshold") if (run / "threshold.json").exists() else None
+    return model.eval(), cfg, threshold
+
+
+def format_summary(summary: dict) -> str:
+    if "cv" not in summary:
+        return "trained on every photo (no cross-validation)"
+    lines = ["| system | confidence | sequence accuracy | coverage at 98% (split-half thresholds) | best coverage |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    names = {"step0": ("off the shelf (digits head, step 0)", "log P(S|X)"),
+             "step0_adhoc": ("off the shelf (digits head, step 0)", "mean char prob"),
+             "fine_tuned": ("fine-tuned", "log P(S|X)"), "fine_tuned_adhoc": ("fine-tuned", "mean char prob")}
+    for key, (name, conf) in names.items():
+        s = summary["cv"][key]
+        lines.append(f"| {name} | {conf} | {100 * s['sequence_accuracy']['mean']:.2f} ± {100 * s['sequence_accuracy']['std']:.2f}% | "
+                     f"{100 * s['coverage']['mean']:.2f} ± {100 * s['coverage']['std']:.2f}% | "
+                     f"{100 * s['best_coverage']['mean']:.2f} ± {100 * s['best_coverage']['std']:.2f}% |")
+    return "\n".join(lines)
