@@ -64,7 +64,7 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     svhn.write_digitstruct(folder / "digitStruct.mat", records)
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
-                     "--out", str(out), "--threads", "1"]) == 0
+                     "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = evaluation.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
     assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(12))  # each photo once
     assert {r["fold"] for r in rows} == {0, 1, 2}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from . import crops, ctc, metrics, svhn
+from . import crops, ctc, metrics, sequence, svhn
 from . import recognizer as rec
 from .config import add_dataclass_arguments, from_args, save_json, to_dict
 
@@ -64,6 +65,10 @@ class TransferConfig:
     head_lr: float = dataclasses.field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
     weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
     beam: int = dataclasses.field(default=ctc.BEAM, metadata={"help": "prefix beam width (1: best path)"})
+    head: str = dataclasses.field(default="ctc", metadata={
+        "help": "output layer on the neck: ctc (digits-only CTC, initialized from the recognizer) or "
+                "sequence (the paper's length softmax + 5 digit softmaxes, trained from scratch)",
+        "choices": ("ctc", "sequence")})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of folds, views and training"})
 
 
@@ -183,6 +188,51 @@ def stack(feats: list[torch.Tensor], idx: list[int]) -> torch.Tensor:
     return torch.stack([feats[i] for i in idx]).float().unsqueeze(2)   # (B, 384, 1, T)
 
 
+class SequenceHead(torch.nn.Module):
+    """Goodfellow et al. 2014's output layer on the recognizer's frame features: the frames
+    (resampled to FRAMES) flattened, then a length softmax over {0..5, >5} and 5 digit softmaxes,
+    trained on log P(S|X) = log P(L=n|X) + sum log P(S_i|X) (sequence.py)."""
+
+    FRAMES = 40  # 320 px / 8: the width every crop is padded to
+
+    def __init__(self, dim: int = 120, dropout: float = 0.3):
+        super().__init__()
+        self.drop = torch.nn.Dropout(dropout)
+        self.length = torch.nn.Linear(dim * self.FRAMES, svhn.MAX_DIGITS + 2)
+        self.digits = torch.nn.Linear(dim * self.FRAMES, svhn.MAX_DIGITS * 10)
+
+    def forward(self, features: torch.Tensor):
+        x = torch.nn.functional.adaptive_avg_pool1d(features.transpose(1, 2), self.FRAMES)  # (B, D, 40)
+        x = self.drop(x.flatten(1))
+        return self.length(x), self.digits(x).view(-1, svhn.MAX_DIGITS, 10)
+
+
+def use_head(model: rec.LineRecognizer, cfg: TransferConfig) -> rec.LineRecognizer:
+    """Replace the CTC head by the paper's sequence head when cfg.head says so (seeded)."""
+    if cfg.head == "sequence":
+        torch.manual_seed(cfg.seed)
+        model.head = SequenceHead()
+    return model
+
+
+def labels(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> lengths (B,), digits (B, 5) with -1 past the length."""
+    lengths = torch.tensor([len(t) for t in texts])
+    digits = torch.full((len(texts), svhn.MAX_DIGITS), -1, dtype=torch.long)
+    for i, t in enumerate(texts):
+        for j, c in enumerate(t[:svhn.MAX_DIGITS]):
+            digits[i, j] = int(c)
+    return lengths, digits
+
+
+def nll(model: rec.LineRecognizer, feats: torch.Tensor, texts: list[str], cfg: TransferConfig) -> torch.Tensor:
+    """-log P(S|X), averaged over the batch, under either head."""
+    out = model.from_stem(feats)
+    if cfg.head == "sequence":
+        return sequence.loss(*out, *labels(texts))
+    return -ctc.log_likelihood(out, texts).mean()
+
+
 # ----------------------------------------------------------------------------- train and predict
 
 def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Photo],
@@ -192,6 +242,13 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
     rows: dict[int, dict] = {}
     with torch.no_grad():
         for b in batches_by_width(idx, feats, 64, None):
+            if isinstance(model.head, SequenceHead):
+                dec = sequence.decode(*model.from_stem(stack(feats, b)))
+                for i, text, logp, adhoc in zip(b, dec.texts(), dec.logp.tolist(), dec.adhoc_logp.tolist()):
+                    rows[i] = {"image": photos[i].path, "file": Path(photos[i].path).name, "truth": photos[i].text,
+                               "pred": text, "confidence": logp, "adhoc_confidence": adhoc,
+                               "length_probs": None, "digit_probs": None}
+                continue
             log_probs = model.from_stem(stack(feats, b))
             best = log_probs.argmax(-1)
             for i, reading, lp, path in zip(b, ctc.decode(log_probs, beam), log_probs, best):
@@ -228,13 +285,12 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
         for b in batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng):
             for g, lr in zip(opt.param_groups, base):  # cosine decay to 0 over the run
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            log_probs = model.from_stem(stack(chosen, b))
-            loss = -ctc.log_likelihood(log_probs, [texts[i] for i in b]).mean()
+            loss = nll(model, stack(chosen, b), [texts[i] for i in b], cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.item() * len(b)
             n += len(b)
             step += 1
         if log is not None:
@@ -284,15 +340,37 @@ def fold_summary(rows: list[dict], folds: list[list[int]], seed: int, key: str =
     return out
 
 
-def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int):
+def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int,
+                       cache_dir: str | Path | None = "data/cache/transfer"):
+    """Stem features of every photo's evaluation view and of its `views` augmented views,
+    computed once and cached (keyed by the photos, the recognizer file and every setting that
+    changes a view), so training settings can be tried without recomputing them.
+    -> (evaluation features, [features of view v for v in range(views)], seconds spent)."""
+    key = json.dumps({"photos": [p.path for p in photos], "sha256": model.source_sha256,
+                      "view": [cfg.stretch, cfg.widen, cfg.min_width, cfg.views, cfg.seed], "version": 1})
+    path = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None
+    t0 = time.time()
+    if path is not None and path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            return stored["evals"], stored["augmented"], time.time() - t0
+        except Exception as err:  # a damaged cache is rebuilt, never trusted
+            print(f"  {path}: unreadable feature cache ({err}); rebuilding it", file=sys.stderr)
     stem = rec.StemSession(model, threads)
     rng = np.random.default_rng(cfg.seed)
-    t0 = time.time()
     evals = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, desc="evaluation views")
     augmented = []
     for v in range(cfg.views):
         inputs = [train_view(p, cfg, rng) for p in photos]
         augmented.append(stem_features(stem, inputs, cfg, desc=f"training views {v + 1}/{cfg.views}"))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        try:
+            torch.save({"evals": evals, "augmented": augmented}, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return evals, augmented, time.time() - t0
 
 
@@ -303,6 +381,8 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder to write")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
+    parser.add_argument("--cache-dir", default="data/cache/transfer",
+                        help="where the stem features of the views are cached ('' = no cache)")
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -317,10 +397,10 @@ def run_transfer(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.train}: {len(photos)} usable photos, too few")
     print(f"transfer {cfg.recognizer}: {len(photos)} photos from {args.train} ({len(problems)} skipped), "
           f"stretch {cfg.stretch}, {cfg.views} views, {cfg.epochs} epochs, {args.folds} folds -> {out}", file=sys.stderr)
-    model = rec.LineRecognizer(cfg.recognizer)
+    model = use_head(rec.LineRecognizer(cfg.recognizer), cfg)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads)
-    print(f"  stem features of {len(photos) * (1 + cfg.views)} views in {feat_seconds:.0f} s", file=sys.stderr)
+    evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
+    print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
     save_json({"transfer": cfg, "train": args.train, "folds": args.folds, "photos": len(photos),
                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
     metrics_path = out / "metrics.jsonl"
@@ -331,7 +411,8 @@ def run_transfer(args: argparse.Namespace) -> int:
             f.write(json.dumps(row) + "\n")
 
     everything = list(range(len(photos)))
-    step0 = read(model, evals, photos, everything, cfg.beam)  # the off-the-shelf reader, principled confidence
+    # the off-the-shelf reader with the principled confidence (the CTC head at step 0)
+    step0 = read(model, evals, photos, everything, cfg.beam) if cfg.head == "ctc" else None
     summary: dict = {"photos": len(photos), "feature_seconds": round(feat_seconds, 1)}
     if args.folds >= 2:
         folds = folds_of(len(photos), args.folds, cfg.seed)
@@ -343,23 +424,26 @@ def run_transfer(args: argparse.Namespace) -> int:
             for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
                 oof[i] = {**row, "fold": f}
             acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
-            acc0 = float(np.mean([step0[i]["pred"] == step0[i]["truth"] for i in held]))
-            print(f"  fold {f + 1}/{args.folds}: {acc:.2%} sequence accuracy out of fold (step 0: {acc0:.2%}), "
-                  f"{time.time() - t0:.0f} s", file=sys.stderr)
+            acc0 = float(np.mean([step0[i]["pred"] == step0[i]["truth"] for i in held])) if step0 else None
+            print(f"  fold {f + 1}/{args.folds}: {acc:.2%} sequence accuracy out of fold"
+                  + (f" (step 0: {acc0:.2%})" if step0 else "") + f", {time.time() - t0:.0f} s", file=sys.stderr)
             log({"fold": f, "sequence_accuracy": acc, "step0_sequence_accuracy": acc0})
         rows = [r for r in oof if r is not None]
         cv_dir = out / "eval" / "cv"
         evaluation.write_predictions(rows, cv_dir / "predictions.jsonl")
-        evaluation.write_predictions([{**r, "fold": next(f for f, h in enumerate(folds) if i in h)}
-                                      for i, r in enumerate(step0)], out / "eval" / "step0" / "predictions.jsonl")
+        fold_of = {i: f for f, held in enumerate(folds) for i in held}
+        if step0:
+            evaluation.write_predictions([{**r, "fold": fold_of[i]} for i, r in enumerate(step0)],
+                                         out / "eval" / "step0" / "predictions.jsonl")
         rep = metrics.report(rows)
         save_json(rep, cv_dir / "report.json")
         (cv_dir / "report.md").write_text(metrics.to_markdown(rep, title=f"Transfer {cfg.recognizer}, out of fold"))
         report_mod.write_plots(rows, rep, cv_dir, f"Transfer {cfg.recognizer}, out of fold")
         summary["cv"] = {"fine_tuned": fold_summary(rows, folds, cfg.seed),
-                         "fine_tuned_adhoc": fold_summary(rows, folds, cfg.seed, "adhoc_confidence"),
-                         "step0": fold_summary(step0, folds, cfg.seed),
-                         "step0_adhoc": fold_summary(step0, folds, cfg.seed, "adhoc_confidence")}
+                         "fine_tuned_adhoc": fold_summary(rows, folds, cfg.seed, "adhoc_confidence")}
+        if step0:
+            summary["cv"]["step0"] = fold_summary(step0, folds, cfg.seed)
+            summary["cv"]["step0_adhoc"] = fold_summary(step0, folds, cfg.seed, "adhoc_confidence")
         threshold = metrics.threshold_for_accuracy(metrics.confidences(rows), metrics.correctness(rows))
     else:
         threshold = None
@@ -385,7 +469,7 @@ def load(run: str | Path) -> tuple[rec.LineRecognizer, TransferConfig, float | N
     run = Path(run)
     ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
     cfg = TransferConfig(**ckpt["config"])
-    model = rec.LineRecognizer(ckpt["source"]["name"])
+    model = use_head(rec.LineRecognizer(ckpt["source"]["name"]), cfg)
     if model.source_sha256 != ckpt["source"]["sha256"]:
         raise ValueError(f"{run / CHECKPOINT}: fine-tuned from another {ckpt['source']['name']} file "
                          f"(sha256 {ckpt['source']['sha256'][:12]}, installed {model.source_sha256[:12]})")
@@ -403,8 +487,10 @@ def format_summary(summary: dict) -> str:
              "| --- | --- | ---: | ---: | ---: |"]
     names = {"step0": ("off the shelf (digits head, step 0)", "log P(S|X)"),
              "step0_adhoc": ("off the shelf (digits head, step 0)", "mean char prob"),
-             "fine_tuned": ("fine-tuned", "log P(S|X)"), "fine_tuned_adhoc": ("fine-tuned", "mean char prob")}
+             "fine_tuned": ("fine-tuned", "log P(S|X)"), "fine_tuned_adhoc": ("fine-tuned", "ad hoc")}
     for key, (name, conf) in names.items():
+        if key not in summary["cv"]:
+            continue
         s = summary["cv"][key]
         lines.append(f"| {name} | {conf} | {100 * s['sequence_accuracy']['mean']:.2f} ± {100 * s['sequence_accuracy']['std']:.2f}% | "
                      f"{100 * s['coverage']['mean']:.2f} ± {100 * s['coverage']['std']:.2f}% | "
