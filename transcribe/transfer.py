@@ -77,7 +77,7 @@ class TransferConfig:
 @dataclass
 class Photo:
     path: str
-    text: str
+    text: str | None                            # the label, None for a user's photo
     region: np.ndarray                          # (h, w, 3) uint8: the pixels around the number
     box: tuple[float, float, float, float]      # the number's box in region pixels
 
@@ -93,18 +93,27 @@ def load_photos(folder: str | Path, limit: int | None = None) -> tuple[list[Phot
         except svhn.DataError as err:
             problems.append(svhn.Problem(rec.file, str(err), True))
             continue
-        l, t, w, h = crops.number_box(rec.boxes)
-        H, W = image.shape[:2]
-        side = max(w, h)
-        x0 = int(max(0, math.floor(l + w / 2 - MARGIN * side / 2 - MARGIN * w / 2)))
-        x1 = int(min(W, math.ceil(l + w / 2 + MARGIN * side / 2 + MARGIN * w / 2)))
-        y0 = int(max(0, math.floor(t + h / 2 - MARGIN * h)))
-        y1 = int(min(H, math.ceil(t + h / 2 + MARGIN * h)))
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            problems.append(svhn.Problem(rec.file, f"{path}: number box {rec.boxes} lies outside the photo", True))
-            continue
-        photos.append(Photo(str(path), rec.text, image[y0:y1, x0:x1].copy(), (l - x0, t - y0, w, h)))
+        try:
+            photos.append(photo_from(image, crops.number_box(rec.boxes), str(path), rec.text))
+        except ValueError as err:
+            problems.append(svhn.Problem(rec.file, f"{path}: {err}", True))
     return photos, problems
+
+
+def photo_from(image: np.ndarray, box, path: str, text: str | None = None) -> Photo:
+    """The pixels around a number box (l, t, w, h) of a photo, enough for widening and jitter."""
+    l, t, w, h = (float(v) for v in box)
+    H, W = image.shape[:2]
+    if not all(map(math.isfinite, (l, t, w, h))) or w <= 0 or h <= 0:
+        raise ValueError(f"number box {tuple(box)} is not a box")
+    side = max(w, h)
+    x0 = int(max(0, math.floor(l + w / 2 - MARGIN * side / 2 - MARGIN * w / 2)))
+    x1 = int(min(W, math.ceil(l + w / 2 + MARGIN * side / 2 + MARGIN * w / 2)))
+    y0 = int(max(0, math.floor(t + h / 2 - MARGIN * h)))
+    y1 = int(min(H, math.ceil(t + h / 2 + MARGIN * h)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise ValueError(f"number box {tuple(box)} lies outside the {W}x{H} photo")
+    return Photo(path, text, image[y0:y1, x0:x1].copy(), (l - x0, t - y0, w, h))
 
 
 def cut(region: np.ndarray, box) -> np.ndarray:
@@ -457,11 +466,47 @@ def run_transfer(args: argparse.Namespace) -> int:
     tmp.replace(out / CHECKPOINT)
     save_json({"threshold": threshold, "target": metrics.TARGET, "chosen_on": "out-of-fold predictions",
                "photos": len(photos)}, out / "threshold.json")
+    summary["inference"] = inference_rate(model, photos, cfg, args.threads)
     summary["seconds"] = round(time.time() - t0, 1)
     save_json(summary, out / "cv.json")
     print(format_summary(summary), file=sys.stderr)
+    print(f"inference: {summary['inference']['images_per_second']} photos/s ({args.threads} threads)", file=sys.stderr)
     print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/ in {summary['seconds']:.0f} s", file=sys.stderr)
     return 0
+
+
+def transcribe_photos(model: rec.LineRecognizer, cfg: TransferConfig, photos: list[Photo], stem: "rec.StemSession",
+                      threshold: float | None = None) -> list[dict]:
+    """Read photos (their number boxes known): predictions rows, each with `accepted` (its
+    log P(S|X) at or above the threshold; never without a threshold)."""
+    feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg)
+    rows = read(model, feats, photos, list(range(len(photos))), cfg.beam)
+    for row in rows:
+        row["accepted"] = threshold is not None and row["confidence"] >= threshold
+    return rows
+
+
+def inference_rate(model: rec.LineRecognizer, photos: list[Photo], cfg: TransferConfig, threads: int,
+                   n: int = 256) -> dict:
+    """Photos per second from the crop to the decoded number and its log P(S|X): view, stem
+    (onnxruntime), neck and head (torch), beam decoding; batches of 32 on `threads` threads."""
+    stem = rec.StemSession(model, threads)
+    sample = photos[:n]
+    start = time.perf_counter()
+    transcribe_photos(model, cfg, sample, stem)
+    seconds = time.perf_counter() - start
+    return {"photos": len(sample), "seconds": round(seconds, 2), "images_per_second": round(len(sample) / seconds, 1),
+            "threads": threads, "cpu": _cpu_name()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def load(run: str | Path) -> tuple[rec.LineRecognizer, TransferConfig, float | None]:
