@@ -27,11 +27,11 @@ import platform
 import time
 from pathlib import Path
 
+from transcribe.config import CACHE_SIZE, INPUT_SIZE as CROP, MAX_DIGITS
+
 DEFAULT_PRESETS = ("goodfellow", "cpu")
 DEFAULT_BATCHES = (32, 64)
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
-CACHE_SIZE = 64      # crops stored 64x64 (dataset.CacheConfig.size), 54x54 random crop fed to the net
-CROP = 54
 POOL = 512           # uint8 crops held in memory for "ours" (random indices into it)
 MATMUL_N = 2048      # square float32 matmul that sets the machine's reference FLOP/s
 MIN_CALLS = 3        # at least this many timed calls, however long each takes
@@ -123,7 +123,7 @@ def _obvious_dataset(folder: Path):
             ox, oy = np.random.randint(0, CACHE_SIZE - CROP + 1, size=2)
             x = torch.from_numpy(np.asarray(im, dtype=np.float32)[oy:oy + CROP, ox:ox + CROP]).permute(2, 0, 1)
             x = (x - x.mean()) / 255.0
-            padded = list(digits) + [-1] * (svhn.MAX_DIGITS - len(digits))
+            padded = list(digits) + [-1] * (MAX_DIGITS - len(digits))
             return x, len(digits), torch.tensor(padded)
 
     return PngDataset()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS
+
 TINY_SET = 16            # photos in the tiny-set fit
 TINY_STEPS = 300         # Adam steps allowed to fit them
 TINY_LR = 1e-2
@@ -167,7 +169,6 @@ def complex_step_check(length_logits, digit_logits, lengths, digits, head: str =
     """Two rows: value of sequence.log_likelihood vs the formula; derivative vs Im f(z + ih v)/h."""
     import torch
     from . import sequence
-    from .model import BLANK
     L = length_logits.detach().double()
     D = digit_logits.detach().double()
     lengths_np, digits_np = lengths.numpy(), digits.numpy()
@@ -388,10 +389,9 @@ def _batch(data_cfg, n: int, seed: int):
     """n photos: the first n training photos of `data_cfg` (centre crops), or random noise with
     random labels when no data is given (a tiny set of random labels can still be memorized)."""
     import torch
-    from .model import MAX_DIGITS
     if data_cfg is None:
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 3, 54, 54, generator=g) * 0.25
+        x = torch.randn(n, 3, INPUT_SIZE, INPUT_SIZE, generator=g) * 0.25
         lengths = torch.randint(1, MAX_DIGITS + 1, (n,), generator=g)
         digits = torch.randint(0, 10, (n, MAX_DIGITS), generator=g)
         digits[torch.arange(MAX_DIGITS)[None, :] >= lengths[:, None]] = -1

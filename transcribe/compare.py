@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transcribe import metrics
+from transcribe.config import TARGET
 
 GALLERY_N = 100  # disagreements shown, most confident wrong reading first
 NO_VAL = "best achievable (no val threshold)"
@@ -80,7 +81,7 @@ def load_systems(preds: Sequence[str], names: Sequence[str] | None = None,
     return systems
 
 
-def summarize(system: System, target: float = metrics.TARGET) -> dict[str, Any]:
+def summarize(system: System, target: float = TARGET) -> dict[str, Any]:
     """One row of the table: accuracies, coverage at `target` with the validation threshold, speed."""
     scored = metrics.labelled(system.rows)
     truth = [str(r["truth"]) for r in scored]
@@ -254,7 +255,7 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def compare(systems: Sequence[System], out: Path, target: float = metrics.TARGET, n: int = GALLERY_N,
+def compare(systems: Sequence[System], out: Path, target: float = TARGET, n: int = GALLERY_N,
             plots: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     table = [summarize(s, target) for s in systems]
@@ -278,8 +279,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-preds", nargs="+", default=None,
                         help="each system's validation predictions, in the same order ('-' for none): "
                              "the refusal threshold is chosen there")
-    parser.add_argument("--target", type=float, default=metrics.TARGET,
-                        help=f"accuracy the threshold must reach (default: {metrics.TARGET})")
+    parser.add_argument("--target", type=float, default=TARGET,
+                        help=f"accuracy the threshold must reach (default: {TARGET})")
     parser.add_argument("--n", type=int, default=GALLERY_N, help=f"disagreements shown (default: {GALLERY_N})")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
 

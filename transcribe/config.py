@@ -3,7 +3,8 @@
 Every configuration in transcribe is a `@dataclass(frozen=True)`; flags are derived from
 its fields (so a flag cannot drift from the field it sets), and it is saved as JSON in
 each run folder and checkpoint so a run can be rebuilt from its folder alone.
-Only the standard library is imported here.
+It also owns every constant that more than one module needs, defined once with its
+derivation: the other modules import them from here. Only the standard library is imported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# ---------------------------------------------------------------- shared constants
+# Goodfellow et al. 2014, sec. 5.1: at most five digits; SVHN's train split has one number
+# (of 33,402) with more, excluded from the usable records and counted (svhn.py).
+MAX_DIGITS = 5
+N_DIGIT_CLASSES = 10  # 0-9
+BLANK = 10            # the ad-hoc `blank` head's 11th digit class: "no digit here"
+# sec. 5.1: "expand this bounding box by 30% in both the x and the y direction, crop the image
+# to that bounding box and resize the crop to 64 x 64 pixels", then a random 54 x 54 crop.
+WIDEN = 1.3           # scale of the number's box about its centre
+CACHE_SIZE = 64       # side of the stored crop (pixels)
+INPUT_SIZE = 54       # side of the random (train) / centre (eval) crop fed to the network
+# Human-level transcription accuracy: the accepted photos must reach it (sec. 5; DL book 11.1).
+TARGET = 0.98
 
 
 def _field_type(cls: type, field: dataclasses.Field) -> Any:
@@ -40,7 +55,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     """
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or not f.metadata.get("flag", True):
             continue
         typ = _field_type(cls, f)
         origin = typing.get_origin(typ)

@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 
 from transcribe import crops, svhn
+from transcribe.config import CACHE_SIZE, INPUT_SIZE, MAX_DIGITS, WIDEN
 
-MAX_DIGITS = svhn.MAX_DIGITS  # digit positions stored per row; -1 fills the unused ones
 CACHE_VERSION = 1  # bump when the crop/caching code changes what a cache holds: old caches rebuild
 # Decoding+cropping runs in a pool of WORKERS processes for splits of PARALLEL_FROM photos or
 # more. Measured on the 2,000-photo sample (2-core machine shared with other jobs, so noisy):
@@ -48,8 +48,8 @@ PIXEL_SCALE = 255.0  # batches are (pixel - image mean) / 255: within [-1, 1], t
 @dataclass(frozen=True)
 class CacheConfig:
     # What a cache's crops depend on (its file name and stored attributes record both).
-    widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre (1.3 = 30%% larger)"})
-    size: int = field(default=crops.SIZE, metadata={"help": "side of the stored square crop, pixels"})
+    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre (1.3 = 30%% larger)"})
+    size: int = field(default=CACHE_SIZE, metadata={"help": "side of the stored square crop, pixels"})
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,9 @@ class DataConfig:
     mix: tuple[str, ...] = field(default=(), metadata={"help": "format-1 folders or .h5 caches added to the training side only (never to validation)"})
     mix_size: int = field(default=0, metadata={"help": "if > 0, add only this many (seeded choice) of the --mix photos"})
     # Crops (Goodfellow et al. 2014, sec. 5.1).
-    widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre"})
-    size: int = field(default=crops.SIZE, metadata={"help": "side of the cached crop, pixels"})
-    crop: int = field(default=54, metadata={"help": "side of the random (train) / centre (eval) crop fed to the network"})
+    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre"})
+    size: int = field(default=CACHE_SIZE, metadata={"help": "side of the cached crop, pixels"})
+    crop: int = field(default=INPUT_SIZE, metadata={"help": "side of the random (train) / centre (eval) crop fed to the network"})
     cache_dir: str = field(default="data/cache", metadata={"help": "where the .h5 caches are written"})
 
     @property
@@ -396,7 +396,7 @@ def _mix(*values: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def prepare_batch(images, crop: int = 54, train: bool = True, generator=None):
+def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=None):
     """uint8 (B, S, S, 3) -> float32 (B, 3, crop, crop), ready for the network.
 
     train: a random crop per image (offsets drawn from `generator`, on the CPU, so the

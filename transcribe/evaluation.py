@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from transcribe.config import CACHE_SIZE, INPUT_SIZE, TARGET, WIDEN
+
 PREDICTION_KEYS = ("image", "file", "truth", "pred", "confidence", "adhoc_confidence",
                    "length_probs", "digit_probs", "box")
 REQUIRED_KEYS = ("file", "pred", "confidence")  # what every metric and the gallery need
@@ -76,7 +78,7 @@ def _round(values, decimals: int = DIGIT_DECIMALS):
     return [round(float(v), decimals) if not isinstance(v, list) else _round(v, decimals) for v in values]
 
 
-def predict_images(model, images, crop: int = 54, batch_size: int = EVAL_BATCH) -> list[dict]:
+def predict_images(model, images, crop: int = INPUT_SIZE, batch_size: int = EVAL_BATCH) -> list[dict]:
     """Decode (N, S, S, 3) uint8 crops: one dict per image with pred, confidences and probabilities.
 
     The centre crop and mean subtraction are dataset.prepare_batch's (train=False), exactly what
@@ -107,7 +109,7 @@ def predict_images(model, images, crop: int = 54, batch_size: int = EVAL_BATCH) 
 
 
 def predict_rows(model, cache, indices: Sequence[int] | None = None, batch_size: int = EVAL_BATCH,
-                 crop: int = 54) -> list[dict]:
+                 crop: int = INPUT_SIZE) -> list[dict]:
     """The predictions.jsonl rows (docs/architecture.md) for the photos of a dataset.Cache."""
     import numpy as np
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -190,7 +192,7 @@ def _threshold_matches(saved: dict | None, ckpt: dict, checkpoint: str, target: 
             and abs(float(saved.get("target", -1)) - target) < 1e-12)
 
 
-def evaluate(run: str | Path, split: str = "val", target: float = 0.98, checkpoint: str = "best",
+def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkpoint: str = "best",
              gallery_n: int = 50, say=print) -> dict[str, Any]:
     """Predict a split, score it, write RUN/eval/<name>/{predictions.jsonl, report.json, report.md,
     plots, gallery.html, mistakes.png}; returns {"report", "out", "gallery", "threshold"}.
@@ -275,8 +277,8 @@ def add_evaluate_arguments(parser) -> None:
                         help="val (the run's validation split: chooses the refusal threshold), test (the "
                              "'test' folder beside the run's first training folder) or PATH (a format-1 "
                              "folder or .h5 cache); default: val")
-    parser.add_argument("--target", type=float, default=0.98,
-                        help="accuracy the accepted transcriptions must reach (default: 0.98, human level)")
+    parser.add_argument("--target", type=float, default=TARGET,
+                        help=f"accuracy the accepted transcriptions must reach (default: {TARGET}, human level)")
     parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which checkpoint (default: best)")
     parser.add_argument("--n", type=int, default=50, help="photos per gallery section (default: 50)")
 
@@ -312,7 +314,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
-def prepare_photo(path: str | Path, box=None, widen: float = 1.3, size: int = 64):
+def prepare_photo(path: str | Path, box=None, widen: float = WIDEN, size: int = CACHE_SIZE):
     """(size x size x 3 uint8 crop, crop box) of one photo, as the cache builder makes them.
 
     With a box (the number's box, e.g. from a detector): widened about its centre by the run's

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET_ACCURACY = 0.98   # Goodfellow et al. 2014 / DL book 11.6: human-level, 98% sequence accuracy
+from transcribe.config import TARGET
+
 ERR_FLOOR = 1e-4         # errors are floored here before taking logs (a training error of exactly 0)
 # Chance level for whole-sequence error: a predictor that ignores the photo can at best output
 # the most frequent house number, which covers ~1% of SVHN photos -> ~0.99 sequence error.
@@ -446,7 +447,7 @@ def add_learning_curve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per size")
     parser.add_argument("--evals", type=int, default=5, help="evaluations per run (early stopping picks the best)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per size (different weights and batches, same subset)")
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--target", type=float, default=TARGET, help="target sequence accuracy")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the interval")
 
 
@@ -546,7 +547,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
 def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (reads metrics.jsonl)")
     parser.add_argument("--test-error", type=float, default=None, help="sequence error on the test set, if measured")
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--target", type=float, default=TARGET, help="target sequence accuracy")
     parser.add_argument("--chance", type=float, default=CHANCE_ERR, help="sequence error of guessing")
     parser.add_argument("--row", choices=("best", "last"), default="best",
                         help="metrics row to judge: best validation (what is kept) or last")

@@ -40,7 +40,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-TARGET = 0.98        # human-level transcription accuracy (Goodfellow et al. 2014, sec. 5; book sec. 11.1)
+from transcribe.config import TARGET
+
 COVERAGE_GOAL = 0.95  # the Street View project's coverage goal at that accuracy (book sec. 11.1)
 ECE_BINS = 10         # equal-width bins of exp(confidence) over [0, 1]
 CURVE_POINTS = 501    # report.json keeps at most this many points of each curve

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MAX_DIGITS = 5          # positions; SVHN: one training image in 33,402 has more (Goodfellow et al. sec. 5.1)
-IN_SIZE = 54            # random 54x54 crop of the 64x64 cache image (sec. 5.1)
-N_DIGIT_CLASSES = 10    # 0-9
-BLANK = 10              # extra class of the ad-hoc `blank` head: "no digit here"
+from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS, N_DIGIT_CLASSES  # noqa: F401 (BLANK: the head's meaning)
+
 HEAD_INIT_STD = 0.01    # output weights ~ N(0, (0.01)^2 / fan_in): logits ~ 1e-2, softmaxes ~ uniform
 HEADS = ("sequence", "blank")
 
@@ -48,8 +46,10 @@ class ModelConfig:
     head: str = field(default="sequence", metadata={"help": "sequence: 10-way digits + length (paper); "
                                                             "blank: 11-way digits, 10 = blank (ad-hoc baseline)",
                                                     "choices": HEADS})
-    max_digits: int = field(default=MAX_DIGITS, metadata={"help": "digit positions N"})
-    in_size: int = field(default=IN_SIZE, metadata={"help": "input crop size (pixels)"})
+    # Stored so a checkpoint describes itself; not a flag: the labels, the cache and the decoder
+    # all have config.MAX_DIGITS positions, so any other value is refused below.
+    max_digits: int = field(default=MAX_DIGITS, metadata={"help": "digit positions N", "flag": False})
+    in_size: int = field(default=INPUT_SIZE, metadata={"help": "input crop size (pixels)"})
 
     def __post_init__(self):
         if len(self.widths) != len(self.pool_strides):
@@ -60,6 +60,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: kernel must be odd for 'same' padding, got {self.kernel}")
         if self.head not in HEADS:
             raise ValueError(f"ModelConfig: head must be one of {HEADS}, got {self.head!r}")
+        if self.max_digits != MAX_DIGITS:
+            raise ValueError(f"ModelConfig: max_digits must be {MAX_DIGITS} (config.MAX_DIGITS), got {self.max_digits}")
         if self.maxout_pieces < 1:
             raise ValueError("ModelConfig: maxout_pieces must be >= 1")
 

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transcribe import metrics
+from transcribe.config import BLANK, CACHE_SIZE
 
 GALLERY_N = 50          # photos per gallery section
 PHOTO_HEIGHT = 160      # px, the full photo's thumbnail height (width follows, capped below)
 PHOTO_MAX_WIDTH = 320   # px (the page shows it at most 128 px high: a little headroom stays sharp)
-CROP_SIZE = 64          # the network's input before its 54x54 crop (Goodfellow et al. 2014, sec. 5.1)
 SHEET_COLUMNS = 10      # contact sheet layout
 SHEET_TILE = 96         # px, a 64x64 crop upscaled for the contact sheet
-BLANK = 10              # digit class 10 = "no digit here" in the ad-hoc blank head (architecture.md)
 
 
 # ---------------------------------------------------------------- plots
@@ -232,7 +231,7 @@ def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
     thumb = draw_boxes(photo, [((255, 40, 40), box)])
     crop_uri = None
     if box is not None and len(box) == 4:
-        crop = crops.crop(np.asarray(photo), box, CROP_SIZE)
+        crop = crops.crop(np.asarray(photo), box, CACHE_SIZE)
         crop_uri = _data_uri(Image.fromarray(crop))
     return _data_uri(thumb, "JPEG"), crop_uri
 
@@ -419,7 +418,7 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
         x, y = (i % columns) * SHEET_TILE, (i // columns) * (SHEET_TILE + label_h)
         photo, box = photos.get(row.get("image")), row.get("box")
         if photo is not None and box is not None:
-            tile = Image.fromarray(crops.crop(np.asarray(photo), box, CROP_SIZE)).resize(
+            tile = Image.fromarray(crops.crop(np.asarray(photo), box, CACHE_SIZE)).resize(
                 (SHEET_TILE, SHEET_TILE), Image.NEAREST)
             sheet.paste(tile, (x, y))
         else:

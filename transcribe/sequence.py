@@ -35,9 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .model import BLANK, MAX_DIGITS
+from transcribe.config import BLANK, MAX_DIGITS
 
-REFUSED_TEXT = ">5"  # text of a refused photo: the model says more than MAX_DIGITS digits
+REFUSED_TEXT = f">{MAX_DIGITS}"  # text of a refused photo: the model says more than MAX_DIGITS digits
 
 
 def _check_head(head: str) -> None:

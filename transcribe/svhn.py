@@ -34,10 +34,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from transcribe.config import MAX_DIGITS
+
 # Digit positions of the model (Goodfellow et al. 2014 model at most 5 digits; their length
 # head has a ">5" class, but a longer number has no digit targets), so such photos are
 # excluded from the usable records and counted (the full train split has one: 6 digits).
-MAX_DIGITS = 5
 MAT_NAME = "digitStruct.mat"
 _FAST_PARSER = True  # read digitStruct.mat with _MatParser (False: h5py only; tests compare both)
 BOX_FIELDS = ("left", "top", "width", "height")  # order of a box tuple

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe.config import MAX_DIGITS  # longer numbers are never generated
+
 STATS_PATH = Path(__file__).with_name("synth_stats.json")
-MAX_DIGITS = 5  # svhn.MAX_DIGITS: the model has five digit positions; longer numbers are never generated
 QUANTILES = tuple(i / 20 for i in range(21))  # every 5%: 21 numbers per distribution keep the JSON small
 GLYPH_PX = 64  # font size at which glyph masks are rendered once and cached, then resized per photo
 MAX_NUMBER_HEIGHT = 150  # px; clip the long tail (real max 298) so a rare photo stays cheap to render

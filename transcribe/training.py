@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribe import config as configlib
+from transcribe.config import MAX_DIGITS
 
 CKPT_LAST = "ckpt-last.pt"
 CKPT_BEST = "ckpt-best.pt"
@@ -182,7 +183,6 @@ def accuracies(decoded_lengths, decoded_digits, lengths, digits) -> tuple[Any, A
     that position equal to the true one; characters are counted over the true length.
     """
     import torch
-    from transcribe.svhn import MAX_DIGITS
     pos = torch.arange(MAX_DIGITS, device=lengths.device)
     true_mask = pos[None, :] < lengths[:, None]                      # (B, 5)
     pred_mask = pos[None, :] < decoded_lengths[:, None]              # (B, 5)
