@@ -348,7 +348,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(table)
     result["markdown"] = table
     if args.out:
-        from .config import save_json
+        from transcribe.runs import save_json
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         save_json(result, args.out)
         print(f"bench: wrote {args.out}")

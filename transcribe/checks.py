@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS
+from transcribe.runs import atomic_write, read_config, save_json
 
 TINY_SET = 16            # photos in the tiny-set fit
 TINY_STEPS = 300         # Adam steps allowed to fit them
@@ -371,17 +371,12 @@ def _load_config(path: str | None) -> dict:
     """{"model", "data", "train"} from a config JSON or a run folder's config.json ({} if none)."""
     if not path:
         return {}
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
-    if not p.is_file():
-        raise SystemExit(f"transcribe check: {p}: no such config file or run folder")
     try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"transcribe check: {p}: not JSON ({e.msg})") from None
-    if not isinstance(cfg, dict) or "model" not in cfg:
-        raise SystemExit(f"transcribe check: {p}: expected an object with a 'model' section")
+        cfg = read_config(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"transcribe check: {e}") from None
+    if "model" not in cfg:
+        raise SystemExit(f"transcribe check: {path}: expected an object with a 'model' section")
     return cfg
 
 
@@ -453,11 +448,9 @@ def run_check(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        C.save_json({"source": source, "model": model_cfg, "results": [asdict(r) for r in results]},
+        save_json({"source": source, "model": model_cfg, "results": [asdict(r) for r in results]},
                     out / "check.json")
-        tmp = out / "check.md.tmp"
-        tmp.write_text(table)
-        tmp.replace(out / "check.md")
+        atomic_write(out / "check.md", table)
     return 1 if failed else 0
 
 

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("transcribe.training", "train a model; writes a run folder"),
     "evaluate": ("transcribe.evaluation", "write a predictions file and the accuracy-vs-coverage report"),
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
-    "predict": ("transcribe.evaluation", "read the number in photos, or refer them to a human"),
+    "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
     "compare": ("transcribe.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
     "baseline": ("transcribe.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.methodology", "error against training-set size, with a power-law fit"),

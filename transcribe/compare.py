@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 from transcribe import metrics
 from transcribe.config import TARGET
+from transcribe.predictions import read_predictions
+from transcribe.runs import atomic_write, save_figure, save_json
 
 GALLERY_N = 100  # disagreements shown, most confident wrong reading first
 NO_VAL = "best achievable (no val threshold)"
@@ -59,7 +61,6 @@ def read_meta(pred_path: Path) -> dict[str, Any]:
 
 def load_systems(preds: Sequence[str], names: Sequence[str] | None = None,
                  val_preds: Sequence[str] | None = None) -> list[System]:
-    from transcribe.evaluation import read_predictions
     if names and len(names) != len(preds):
         raise ValueError(f"--names gives {len(names)} names for {len(preds)} predictions files")
     if val_preds and len(val_preds) != len(preds):
@@ -144,10 +145,6 @@ def pairwise(systems: Sequence[System]) -> list[list[int | None]]:
 
 # ---------------------------------------------------------------- outputs
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
-
-
 def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list[int | None]],
                 target: float) -> str:
     lines = ["# Comparison", "",
@@ -156,9 +153,9 @@ def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list
              "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for t in table:
         ips = "–" if t["images_per_second"] is None else f"{t['images_per_second']:g}"
-        lines.append(f"| {t['name']} | {t['n_scored']} | {_pct(t['sequence_accuracy'])} | "
-                     f"{_pct(t['character_accuracy'])} | {_pct(t['coverage_at_target'])} | {t['threshold_source']} | "
-                     f"{_pct(t['accuracy_of_accepted'])} | {ips} |")
+        lines.append(f"| {t['name']} | {t['n_scored']} | {metrics.pct(t['sequence_accuracy'])} | "
+                     f"{metrics.pct(t['character_accuracy'])} | {metrics.pct(t['coverage_at_target'])} | {t['threshold_source']} | "
+                     f"{metrics.pct(t['accuracy_of_accepted'])} | {ips} |")
     lines += ["", f"{counts['photos_in_common']} photos read by every system; the readings differ on "
                   f"{counts['disagreements']} (disagreements.html)."]
     if len(table) > 1:
@@ -184,7 +181,7 @@ def plot(systems: Sequence[System], table: list[dict], path: Path, target: float
         curve = metrics.accuracy_coverage_curve(metrics.confidences(scored), metrics.correctness(scored))
         color = COLORS[i % len(COLORS)]
         ax.plot(curve["coverage"], curve["accuracy"], color=color, lw=1.8,
-                label=f"{s.name}: {_pct(t['sequence_accuracy'])} all, {_pct(t['coverage_at_target'])} at target")
+                label=f"{s.name}: {metrics.pct(t['sequence_accuracy'])} all, {metrics.pct(t['coverage_at_target'])} at target")
         if t["accuracy_of_accepted"] is not None:
             ax.plot([t["coverage_at_target"]], [t["accuracy_of_accepted"]], "o" if s.val_rows else "s",
                     color=color, ms=6, mfc=color if s.val_rows else "none")
@@ -200,18 +197,16 @@ def plot(systems: Sequence[System], table: list[dict], path: Path, target: float
     ax.set_title("accuracy vs coverage (filled dot: threshold from validation; open square: best achievable)",
                  fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
 def _thumbnail(item: dict, boxes: Sequence[tuple[str, Any]]) -> str | None:
     """The photo with every system's crop box drawn in its colour, as a data URI; None if unreadable."""
     from transcribe import report
-    photo = report._Photos().get(str(item.get("image") or ""))
-    return None if photo is None else report._data_uri(report.draw_boxes(photo, boxes), "JPEG")
+    photo = report.Photos().get(str(item.get("image") or ""))
+    return None if photo is None else report.data_uri(report.draw_boxes(photo, boxes), "JPEG")
 
 
 def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str, int], n: int = GALLERY_N) -> str:
@@ -249,12 +244,6 @@ def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str,
             f'<div class="grid">{"".join(cards)}</div></body></html>\n')
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def compare(systems: Sequence[System], out: Path, target: float = TARGET, n: int = GALLERY_N,
             plots: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -263,10 +252,9 @@ def compare(systems: Sequence[System], out: Path, target: float = TARGET, n: int
     right_only = pairwise(systems)
     result = {"target": target, "systems": table, **counts, "right_only": right_only,
               "right_only_meaning": "right_only[i][j] = photos in common system i reads right and system j wrong"}
-    from transcribe.config import save_json
     save_json(result, out / "compare.json")
-    _atomic_write(out / "compare.md", to_markdown(table, counts, right_only, target))
-    _atomic_write(out / "disagreements.html", gallery_html(systems, items, counts, n))
+    atomic_write(out / "compare.md", to_markdown(table, counts, right_only, target))
+    atomic_write(out / "disagreements.html", gallery_html(systems, items, counts, n))
     if plots:
         plot(systems, table, out / "accuracy_coverage.png", target)
     return result

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -109,13 +107,3 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
             v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         out[k] = v
     return cls(**out)
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename), dataclasses converted."""
-    path = Path(path)
-    data = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in obj.items()} \
-        if isinstance(obj, dict) else to_dict(obj)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)

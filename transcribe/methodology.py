@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from transcribe.config import TARGET
+from transcribe.runs import METRICS_FILE, atomic_write, read_config, read_metrics, save_figure
 
 ERR_FLOOR = 1e-4         # errors are floored here before taking logs (a training error of exactly 0)
 # Chance level for whole-sequence error: a predictor that ignores the photo can at best output
@@ -272,37 +273,19 @@ def best_rate(rows: list[dict]) -> dict:
 # Reading run folders
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of RUN/metrics.jsonl; a clear error naming the file when missing or malformed."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is {run_dir} a run folder written by `transcribe train`?)")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i} is not JSON ({e.msg})") from None
-    if not rows:
-        raise ValueError(f"{path}: no evaluation rows yet")
-    return rows
-
-
-def _num(x) -> float:
+def _as_float(x) -> float:
     return float("nan") if x is None else float(x)
 
 
 def run_errors(rows: list[dict]) -> dict:
     """Sequence errors at the best-validation row and the last row, and whether anything was non-finite."""
     def errs(r):
-        return {"step": r.get("step"), "train_err": 1 - _num(r.get("train_seq_acc")),
-                "val_err": 1 - _num(r.get("val_seq_acc")),
-                "train_loss": _num(r.get("train_loss")), "val_loss": _num(r.get("val_loss"))}
-    finite = [r for r in rows if math.isfinite(_num(r.get("val_seq_acc")))]
-    best = max(finite, key=lambda r: _num(r["val_seq_acc"])) if finite else rows[-1]
-    nonfinite = any(not math.isfinite(_num(r.get(k))) for r in rows
+        return {"step": r.get("step"), "train_err": 1 - _as_float(r.get("train_seq_acc")),
+                "val_err": 1 - _as_float(r.get("val_seq_acc")),
+                "train_loss": _as_float(r.get("train_loss")), "val_loss": _as_float(r.get("val_loss"))}
+    finite = [r for r in rows if math.isfinite(_as_float(r.get("val_seq_acc")))]
+    best = max(finite, key=lambda r: _as_float(r["val_seq_acc"])) if finite else rows[-1]
+    nonfinite = any(not math.isfinite(_as_float(r.get(k))) for r in rows
                     for k in ("train_loss", "val_loss", "train_seq_acc", "val_seq_acc"))
     return {"best": errs(best), "last": errs(rows[-1]), "nonfinite": nonfinite}
 
@@ -317,18 +300,6 @@ def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,11 +329,9 @@ def base_configs(args: argparse.Namespace):
     base: dict = {}
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            base = read_config(args.config)
+        except (OSError, ValueError) as e:
             raise SystemExit(f"{args.config}: cannot read the configuration ({e})") from None
-        if not isinstance(base, dict) or not set(base) <= {"model", "data", "train"}:
-            raise SystemExit(f"{args.config}: expected a JSON object with keys model, data, train")
     train_cfg = C.from_dict(TrainConfig, base.get("train", {}))
     if args.preset or "model" not in base:
         name = args.preset or "tiny"
@@ -499,7 +468,7 @@ def plot_learning_curve(res: dict, path: Path) -> None:
     ax.set_ylabel("sequence error (%)")
     ax.set_title("Learning curve (DL book 11.3)")
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -522,7 +491,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
             t_cfg = dataclasses.replace(train_cfg, out=str(run), steps=steps, seed=train_cfg.seed + seed,
                                         eval_every=max(1, math.ceil(steps / args.evals)), eval_limit=0,
                                         batch_size=min(train_cfg.batch_size, n), patience=0)
-            if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < steps:
+            if not (run / METRICS_FILE).exists() or read_metrics(run)[-1]["step"] < steps:
                 train(model_cfg, d_cfg, t_cfg)
             r = run_result(run)
             points.append({"n": n, "seed": seed, "steps": steps, **r})
@@ -531,9 +500,9 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     res = learning_curve_results(points, target_err, len(val), args.bootstrap)
     res["budget"] = {"epochs": args.epochs, "min_steps": args.min_steps, "max_steps": args.max_steps,
                      "batch_size": train_cfg.batch_size, "preset": train_cfg.preset}
-    _write_text(out / "learning_curve.json", json.dumps(res, indent=2, default=float) + "\n")
+    atomic_write(out / "learning_curve.json", json.dumps(res, indent=2, default=float) + "\n")
     md = learning_curve_markdown(res)
-    _write_text(out / "learning_curve.md", md)
+    atomic_write(out / "learning_curve.md", md)
     plot_learning_curve(res, out / "learning_curve.png")
     print(md)
     print(f"wrote {out / 'learning_curve.json'}, .md, .png")
@@ -616,7 +585,7 @@ def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
     ax.set_ylabel("sequence error (%)")
     ax.set_title("Training error against learning rate (DL book fig. 11.1)")
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -639,17 +608,17 @@ def run_lr_sweep(args: argparse.Namespace) -> int:
         run = out / f"lr{lr:.3g}"
         t_cfg = dataclasses.replace(train_cfg, out=str(run), lr=lr, steps=args.steps, schedule=args.schedule,
                                     warmup=0, eval_every=args.steps, patience=0)
-        if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < args.steps:
+        if not (run / METRICS_FILE).exists() or read_metrics(run)[-1]["step"] < args.steps:
             train(model_cfg, data_cfg, t_cfg)
         row = sweep_row(lr, run_result(run))
         rows.append(row)
         print(f"  lr {lr:<8.3g} training error {100 * row['train_err']:5.1f}%"
               + ("  diverged" if row["diverged"] else f"  (loss {row['train_loss']:.3f})"))
     best = best_rate(rows)
-    _write_text(out / "lr_sweep.json", json.dumps({"steps": args.steps, "schedule": args.schedule,
+    atomic_write(out / "lr_sweep.json", json.dumps({"steps": args.steps, "schedule": args.schedule,
                                                    "best_lr": best["lr"], "rows": rows}, indent=2) + "\n")
     md = lr_sweep_markdown(rows, best, args.steps)
-    _write_text(out / "lr_sweep.md", md)
+    atomic_write(out / "lr_sweep.md", md)
     plot_lr_sweep(rows, best, out / "lr_sweep.png")
     print(md)
     print(f"wrote {out / 'lr_sweep.json'}, .md, .png")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS, N_DIGIT_CLASSES  # noqa: F401 (BLANK: the head's meaning)
+from transcribe.config import INPUT_SIZE, MAX_DIGITS, N_DIGIT_CLASSES
 
 HEAD_INIT_STD = 0.01    # output weights ~ N(0, (0.01)^2 / fan_in): logits ~ 1e-2, softmaxes ~ uniform
 HEADS = ("sequence", "blank")

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 from transcribe import metrics
 from transcribe.config import BLANK, CACHE_SIZE
+from transcribe.predictions import read_predictions
+from transcribe.runs import atomic_write, save_figure
 
 GALLERY_N = 50          # photos per gallery section
 PHOTO_HEIGHT = 160      # px, the full photo's thumbnail height (width follows, capped below)
@@ -46,7 +48,7 @@ def _save(plt, fig, ax, path: Path, title: str) -> Path:
     """The common end of every plot: title, tight layout, write the PNG, free the figure."""
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -88,7 +90,7 @@ def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -
         part = rep[key]
         cov = part["best_at_target"]["coverage"]
         ax.plot(part["curve"]["coverage"], part["curve"]["accuracy"], color=color, lw=1.8,
-                label=f"{name}: AUC {metrics._num(part['auc'])}, {metrics._pct(cov)} at target")
+                label=f"{name}: AUC {metrics.num(part['auc'])}, {metrics.pct(cov)} at target")
     ax.axhline(rep["target"], color="0.4", ls="--", lw=1)
     ax.set_xlabel("coverage")
     ax.set_ylabel("accuracy of the transcribed photos")
@@ -143,7 +145,7 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xlabel("exp(confidence) = P(S|X)")
     ax.set_ylabel("fraction correct")
     ax.legend(fontsize=8, loc="upper left")
-    return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics._num(rep['calibration']['ece'])}")
+    return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics.num(rep['calibration']['ece'])}")
 
 
 def write_pr_curve(rows: Sequence[dict], logdir: Path, tag: str = "accept", step: int = 0) -> Path:
@@ -175,7 +177,7 @@ def write_plots(rows: Sequence[dict], rep: dict[str, Any], out_dir: Path, title:
 
 # ---------------------------------------------------------------- gallery
 
-def _data_uri(image, fmt: str = "PNG") -> str:
+def data_uri(image, fmt: str = "PNG") -> str:
     """A PIL image as a data: URI (base64 has no characters that need escaping in an attribute)."""
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
@@ -183,7 +185,7 @@ def _data_uri(image, fmt: str = "PNG") -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class _Photos:
+class Photos:
     """Loads each photo once; remembers the ones that could not be read (reported, never hidden)."""
 
     def __init__(self) -> None:
@@ -219,7 +221,7 @@ def draw_boxes(photo, boxes) -> Any:
     return thumb
 
 
-def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
+def _thumbnails(row: dict, photos: Photos) -> tuple[str | None, str | None]:
     """(photo with the crop box drawn, the 64x64 crop the network saw) as data URIs, None if unavailable."""
     import numpy as np
     from PIL import Image
@@ -232,8 +234,8 @@ def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
     crop_uri = None
     if box is not None and len(box) == 4:
         crop = crops.crop(np.asarray(photo), box, CACHE_SIZE)
-        crop_uri = _data_uri(Image.fromarray(crop))
-    return _data_uri(thumb, "JPEG"), crop_uri
+        crop_uri = data_uri(Image.fromarray(crop))
+    return data_uri(thumb, "JPEG"), crop_uri
 
 
 def _length_label(i: int) -> str:
@@ -267,7 +269,7 @@ def _probabilities_html(row: dict) -> str:
     return f'<table class="probs">{"".join(parts)}</table>' if parts else ""
 
 
-def _card(row: dict, photos: _Photos) -> str:
+def _card(row: dict, photos: Photos) -> str:
     esc = html.escape
     truth, pred = row.get("truth"), str(row.get("pred", ""))
     right = truth is not None and str(truth) == pred
@@ -354,7 +356,7 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
     """The page's HTML, the sections shown, and the photos that could not be read."""
     esc = html.escape
     sections = select_sections(rows, n, seed)
-    photos = _Photos()
+    photos = Photos()
     scored = metrics.labelled(rows)
     n_right = int(metrics.correctness(scored).sum())
     headline = (f"{len(rows)} photos, {len(scored)} with a truth: {n_right} read right, "
@@ -381,7 +383,7 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
         imgs = []
         for p in plots:
             with Image.open(p) as im:
-                imgs.append(f'<img src="{_data_uri(im.convert("RGB"))}" alt="{esc(Path(p).stem)}" title="{esc(Path(p).name)}">')
+                imgs.append(f'<img src="{data_uri(im.convert("RGB"))}" alt="{esc(Path(p).stem)}" title="{esc(Path(p).name)}">')
         plot_html = f'<h2 id="plots">Plots</h2><div class="plots">{"".join(imgs)}</div>'
     problems = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in photos.problems.items())
     problem_html = (f'<h2>Photos that could not be read ({len(photos.problems)})</h2><ul class="problems">{problems}</ul>'
@@ -408,7 +410,7 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
     from transcribe import crops
     if not rows:
         return None
-    photos = _Photos()
+    photos = Photos()
     font = ImageFont.load_default()
     label_h = 30
     rows_n = math.ceil(len(rows) / columns)
@@ -428,9 +430,7 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
         p = "" if conf is None else f" ({100 * math.exp(min(float(conf), 0.0)):.0f}%)"
         draw.text((x + 3, y + SHEET_TILE + 2), f"truth {row.get('truth')}", fill=(20, 20, 20), font=font)
         draw.text((x + 3, y + SHEET_TILE + 15), f"read {row.get('pred', '')}{p}", fill=(190, 30, 30), font=font)
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda f: sheet.save(f, format="PNG"))
     return Path(path)
 
 
@@ -441,9 +441,7 @@ def write_gallery(rows: Sequence[dict], out_dir: Path, n: int = GALLERY_N, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     page, sections, problems = gallery_html(rows, n, seed, title, source, plots)
     path = out_dir / "gallery.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page)
     sheet = contact_sheet(sections["mistakes"], out_dir / "mistakes.png")
     return {"gallery": path, "contact_sheet": sheet, "counts": {k: len(v) for k, v in sections.items()},
             "unreadable_photos": problems}
@@ -460,7 +458,6 @@ def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_gallery(args: argparse.Namespace) -> int:
-    from transcribe.evaluation import read_predictions
     rows = read_predictions(args.predictions)
     out = args.out or args.predictions.parent
     result = write_gallery(rows, out, n=args.n, seed=args.seed, title=f"transcribe: {args.predictions.name}",

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from transcribe.config import MAX_DIGITS  # longer numbers are never generated
+from transcribe.runs import atomic_write
 
 STATS_PATH = Path(__file__).with_name("synth_stats.json")
 QUANTILES = tuple(i / 20 for i in range(21))  # every 5%: 21 numbers per distribution keep the JSON small
@@ -661,9 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        tmp = Path(args.stats_out + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=1) + "\n")
-        os.replace(tmp, args.stats_out)
+        atomic_write(args.stats_out, json.dumps(stats, indent=1) + "\n")
         print(f"wrote {args.stats_out}: {stats['n_images']} numbers, lengths {stats['length_counts']}")
     if args.out:
         generate(args.out, args.n, args.seed, progress=True)

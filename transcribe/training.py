@@ -39,7 +39,6 @@ import functools
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,10 +47,9 @@ from typing import Any
 
 from transcribe import config as configlib
 from transcribe.config import MAX_DIGITS
+from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
+                             git_commit, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
 
-CKPT_LAST = "ckpt-last.pt"
-CKPT_BEST = "ckpt-best.pt"
-CHECKPOINT_VERSION = 1
 EVAL_BATCH = 256          # images per forward pass during evaluation (memory, not results)
 PROGRESS_POSTFIX_EVERY = 20  # steps between progress-bar loss updates (.item() syncs a GPU)
 # Fields of TrainConfig that may change when a run is resumed: they do not alter the
@@ -220,17 +218,8 @@ def evaluate(model, images, lengths, digits, crop: int, head: str, autocast, cha
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: self-describing, written atomically, loadable with weights_only=True.
-
-def save_atomic(obj: Any, path: Path) -> None:
-    import torch
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+# What a checkpoint adds for an exact resume (runs.py writes and reads it): RNG states, and a
+# check that the resumed run is the same run.
 
 def rng_state() -> dict:
     """RNG states as tensors (torch.load(weights_only=True) accepts tensors, not numpy arrays)."""
@@ -260,45 +249,6 @@ def set_rng_state(state: dict) -> None:
                      state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """The checkpoint dictionary, loaded with weights_only=True; a clear error if it is not one."""
-    import torch
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, unsafe pickle
-        raise ValueError(f"{path}: not a readable transcribe checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a transcribe checkpoint (no 'model'/'model_config')")
-    return ckpt
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu"):
-    """(model in eval mode, checkpoint dict) from a checkpoint alone: no flags needed."""
-    from transcribe import model as modellib
-    ckpt = read_checkpoint(path, map_location)
-    model = modellib.build_model(configlib.from_dict(modellib.ModelConfig, ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(map_location if isinstance(map_location, str) else "cpu")
-    model.eval()
-    return model, ckpt
-
-
-def git_commit() -> str:
-    """'<sha>' or '<sha> dirty' for the source tree this package runs from, else 'unknown'."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return f"{sha} dirty" if dirty else sha
-    except Exception:
-        return "unknown"
 
 
 def _check_resume(ckpt: dict, model_cfg, data_cfg, cfg: TrainConfig, path: Path) -> None:
@@ -462,16 +412,10 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
         writer = None
         if master:
             out.mkdir(parents=True, exist_ok=True)
-            configlib.save_json({"model": model_cfg, "data": data_cfg, "train": cfg}, out / "config.json")
-            (out / "commit.txt").write_text(git_commit() + "\n")
-            metrics_path = out / "metrics.jsonl"
-            if resumed and metrics_path.exists():
-                # rows written after the checkpoint belong to work that is being redone
-                rows = [r for r in metrics_path.read_text().splitlines()
-                        if r.strip() and json.loads(r)["step"] <= state["step"]]
-                tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-                tmp.write_text("".join(r + "\n" for r in rows))
-                os.replace(tmp, metrics_path)
+            save_json({"model": model_cfg, "data": data_cfg, "train": cfg}, out / CONFIG_FILE)
+            (out / COMMIT_FILE).write_text(git_commit() + "\n")
+            if resumed:
+                truncate_metrics(out, state["step"])
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] if resumed else None)
         pbar = None
@@ -511,8 +455,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                        "train_loss": tr["loss"], "train_seq_acc": tr["seq_acc"], "train_char_acc": tr["char_acc"],
                        "val_loss": va["loss"], "val_seq_acc": va["seq_acc"], "val_char_acc": va["char_acc"],
                        "best_val_seq_acc": new["best"], "seconds": round(elapsed, 3), "update_ratio": ratios}
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_metrics(out, row)
                 for key in ("lr", "batch_loss", "train_loss", "train_seq_acc", "train_char_acc",
                             "val_loss", "val_seq_acc", "val_char_acc"):
                     if row[key] is not None:  # batch_loss is None at step 0: no batch yet
@@ -528,9 +471,9 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                         "train_config": configlib.to_dict(cfg),
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                         "state": new, "rng": rng_state(), "metrics": row}
-                save_atomic(ckpt, last_path)
+                save_checkpoint(ckpt, last_path)
                 if improved:
-                    save_atomic(ckpt, out / CKPT_BEST)
+                    save_checkpoint(ckpt, out / CKPT_BEST)
             if ddp:
                 box = [new]
                 dist.broadcast_object_list(box, 0)
@@ -676,11 +619,9 @@ def configs_from_args(args: argparse.Namespace):
     base: dict[str, Any] = {}
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"{args.config}: cannot read the configuration ({e})")
-        if not isinstance(base, dict) or not set(base) <= {"model", "data", "train"}:
-            raise SystemExit(f"{args.config}: expected a JSON object with keys model, data, train")
+            base = read_config(args.config)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{args.config}: cannot read the configuration ({e})") from None
     out = args.out or base.get("train", {}).get("out") or TrainConfig.out
     last = Path(out) / CKPT_LAST
     if last.exists():  # resuming: the run's own settings are the defaults
