@@ -1,7 +1,7 @@
 """`transcribe data`: get photos in format 1 and build their preprocessed caches.
 
     transcribe data svhn [--root data/svhn] [--splits train test extra]
-        download + extract the official archives (svhn.fetch_svhn), then cache each split
+        download + extract the official archives (fetch.fetch_svhn), then cache each split
     transcribe data synth --n N [--out data/synth/train] [--seed S]
         write N synthetic house-number photos in format 1 (synth.generate)
     transcribe data FOLDER [--widen 1.3] [--val-fraction 0.1] [--strict]
@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from transcribe import svhn
+from transcribe import fetch, svhn
 from transcribe.config import add_dataclass_arguments, from_args
 from transcribe.dataset import (PARALLEL_FROM, WORKERS, CacheConfig, DataConfig, build_cache, cache_path, load_summary,
                                 validation_size)
@@ -74,7 +74,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 def _run_svhn(args: argparse.Namespace) -> int:
     root = Path(args.root)
     start = time.perf_counter()
-    svhn.fetch_svhn(root, list(args.splits))
+    fetch.fetch_svhn(root, list(args.splits))
     print(f"fetched {', '.join(args.splits)} into {root} in {time.perf_counter() - start:.0f} s")
     for split in args.splits:
         _describe_folder(root / split, _data_config(args), args.strict, args.workers)
