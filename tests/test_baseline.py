@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from transcribe import baseline
+from transcribe.studies import baseline
 
 # A toy recognizer alphabet: column 0 is the CTC blank, characters[i] is column i + 1.
 CHARS = ["1", "9", "l", "I", "１", "a"] + list("02345678")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from transcribe import checks, sequence
+from transcribe import sequence
+from transcribe.studies import checks
 from transcribe.model import PRESETS, build_model
 
 

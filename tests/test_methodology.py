@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from transcribe import methodology as M
+from transcribe.studies import methodology as M
 
 SIZES = np.array([125, 250, 500, 1000, 2000], dtype=float)
 

@@ -20,14 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("transcribe.evaluation", "write a predictions file and the accuracy-vs-coverage report"),
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
     "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
-    "compare": ("transcribe.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
-    "baseline": ("transcribe.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
-    "learning-curve": ("transcribe.methodology", "error against training-set size, with a power-law fit"),
-    "diagnose": ("transcribe.methodology", "name the regime of a run: underfitting, overfitting or a defect"),
-    "lr-sweep": ("transcribe.methodology", "training error against learning rate on a log grid"),
-    "search": ("transcribe.search", "hyperparameter search with Optuna (random, grid or TPE)"),
-    "check": ("transcribe.checks", "the chapter's debugging checks as a pass/fail table"),
-    "bench": ("transcribe.bench", "training, inference and loader throughput on this machine"),
+    "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
+    "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
+    "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
+    "diagnose": ("transcribe.studies.methodology", "name the regime of a run: underfitting, overfitting or a defect"),
+    "lr-sweep": ("transcribe.studies.methodology", "training error against learning rate on a log grid"),
+    "search": ("transcribe.studies.search", "hyperparameter search with Optuna (random, grid or TPE)"),
+    "check": ("transcribe.studies.checks", "the chapter's debugging checks as a pass/fail table"),
+    "bench": ("transcribe.studies.bench", "training, inference and loader throughput on this machine"),
 }
 
 

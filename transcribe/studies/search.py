@@ -147,10 +147,10 @@ def run_trial(trial, names, base: dict, out: Path) -> float:
     """Train one configuration in a subprocess; report each evaluation; prune; return the best
     validation sequence accuracy of the run (what early stopping would keep)."""
     import optuna
-    from . import config as C
-    from .dataset import DataConfig
-    from .model import ModelConfig
-    from .training import TrainConfig
+    from transcribe import config as C
+    from transcribe.dataset import DataConfig
+    from transcribe.model import ModelConfig
+    from transcribe.training import TrainConfig
     params = suggest(trial, names)
     run = out / "trials" / f"{trial.number:04d}"
     model_cfg, data_cfg, train_cfg = apply_params(
@@ -279,7 +279,7 @@ def write_results(study, out: Path) -> dict | None:
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from .methodology import add_base_arguments
+    from transcribe.studies.methodology import add_base_arguments
     add_base_arguments(parser)
     parser.add_argument("--sampler", choices=("random", "grid", "tpe"), default="random",
                         help="random (default; DL book 11.4.4), grid (<= 3 hyperparameters), tpe (model-based)")
@@ -303,8 +303,8 @@ def run_search(args: argparse.Namespace) -> int:
     import multiprocessing
 
     import optuna
-    from . import config as C
-    from .methodology import base_configs
+    from transcribe import config as C
+    from transcribe.studies.methodology import base_configs
     model_cfg, data_cfg, train_cfg = base_configs(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def gradient_check(model, x, lengths, digits, head: str = "sequence", n_proj: in
 
 def _flatten_outputs(out, lengths, digits, head):
     import torch
-    from . import sequence
+    from transcribe import sequence
     length_logits, digit_logits = out
     ll = sequence.log_likelihood(length_logits, digit_logits, lengths, digits, head)
     return torch.cat([length_logits.flatten(), digit_logits.flatten(), ll])
@@ -168,7 +168,7 @@ def complex_step_check(length_logits, digit_logits, lengths, digits, head: str =
                        seed: int = 0) -> list[CheckResult]:
     """Two rows: value of sequence.log_likelihood vs the formula; derivative vs Im f(z + ih v)/h."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     L = length_logits.detach().double()
     D = digit_logits.detach().double()
     lengths_np, digits_np = lengths.numpy(), digits.numpy()
@@ -204,7 +204,7 @@ def fit_tiny_set(model, x, lengths, digits, head: str = "sequence", steps: int =
                  lr: float = TINY_LR) -> CheckResult:
     """Adam on one fixed batch until every sequence is right (checked in eval mode, as predicted)."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     model = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     acc, loss_value, step = 0.0, float("nan"), 0
@@ -234,7 +234,7 @@ def fit_tiny_set(model, x, lengths, digits, head: str = "sequence", steps: int =
 def initial_loss(model, x, lengths, digits, head: str = "sequence") -> CheckResult:
     """At initialization every softmax is ~uniform: loss ~ log 7 + E[n] log 10 (sequence head)."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     with torch.no_grad():
         out = model.eval()(x)
         loss = float(sequence.loss(*out, lengths, digits, head))
@@ -289,7 +289,7 @@ def activation_stats(model, x) -> CheckResult:
 def gradient_norms(model, x, lengths, digits, head: str = "sequence") -> list[CheckResult]:
     """One backward pass: every parameter gets a finite non-zero gradient; norms per layer."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     model = copy.deepcopy(model).train()
     model.zero_grad(set_to_none=True)
     sequence.loss(*model(x), lengths, digits, head).backward()
@@ -315,7 +315,7 @@ def update_ratios(model, x, lengths, digits, head: str = "sequence", make_optimi
                   steps: int = UPDATE_STEPS) -> CheckResult:
     """||delta theta|| / ||theta|| per weight tensor per step, over a few optimizer steps (11.5)."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     model = copy.deepcopy(model).train()
     opt = make_optimizer(model) if make_optimizer else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ratios: dict[str, list[float]] = {}
@@ -391,7 +391,7 @@ def _batch(data_cfg, n: int, seed: int):
         digits = torch.randint(0, 10, (n, MAX_DIGITS), generator=g)
         digits[torch.arange(MAX_DIGITS)[None, :] >= lengths[:, None]] = -1
         return x, lengths, digits, "random images with random labels (no --train given)"
-    from . import dataset
+    from transcribe import dataset
     train, _ = dataset.load_splits(data_cfg, progress=False)
     k = min(n, len(train))
     x = dataset.prepare_batch(train.images[:k], crop=data_cfg.crop, train=False)
@@ -414,8 +414,8 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     import torch
-    from . import config as C
-    from .model import PRESETS, ModelConfig, build_model
+    from transcribe import config as C
+    from transcribe.model import PRESETS, ModelConfig, build_model
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _load_config(args.config)
@@ -430,7 +430,7 @@ def run_check(args: argparse.Namespace) -> int:
         model_cfg = PRESETS[name]
     data_cfg = None
     if args.train or cfg.get("data"):
-        from .dataset import DataConfig
+        from transcribe.dataset import DataConfig
         data_cfg = C.from_dict(DataConfig, cfg.get("data", {}))
         if args.train:
             data_cfg = C.from_dict(DataConfig, {**C.to_dict(data_cfg), "train": tuple(args.train)})
@@ -458,7 +458,7 @@ def _optimizer_factory(train_section: dict | None):
     """The optimizer exactly as `transcribe train` builds it, from the config's train section
     or, without one, TrainConfig's defaults."""
     import functools
-    from . import config as C
-    from . import training
+    from transcribe import config as C
+    from transcribe import training
     cfg = C.from_dict(training.TrainConfig, train_section or {})
     return functools.partial(training.make_optimizer, cfg=cfg)

@@ -322,10 +322,10 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
 
 def base_configs(args: argparse.Namespace):
     """(model_cfg, data_cfg, train_cfg) from --config, then --preset/--train/... overrides."""
-    from . import config as C
-    from .dataset import DataConfig
-    from .model import PRESETS, ModelConfig
-    from .training import TrainConfig
+    from transcribe import config as C
+    from transcribe.dataset import DataConfig
+    from transcribe.model import PRESETS, ModelConfig
+    from transcribe.training import TrainConfig
     base: dict = {}
     if args.config:
         try:
@@ -473,8 +473,8 @@ def plot_learning_curve(res: dict, path: Path) -> None:
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
-    from . import dataset
-    from .training import train
+    from transcribe import dataset
+    from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -598,7 +598,7 @@ def sweep_row(lr: float, result: dict) -> dict:
 
 
 def run_lr_sweep(args: argparse.Namespace) -> int:
-    from .training import train
+    from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
     lrs = sorted(args.lrs) if args.lrs else lr_grid(args.lr_min, args.lr_max, args.per_decade)
     out = Path(args.out)
