@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from transcribe import config as configlib
-from transcribe import dataset, runs, svhn, training
+from transcribe import cli, dataset, runs, svhn, training
 from transcribe.model import PRESETS, build_model
 from transcribe.training import TrainConfig, get_lr
 
@@ -263,7 +263,7 @@ def test_init_copies_weights(tiny_cache, tmp_path):
 def test_cli_config_file_then_flags(tiny_cache, tmp_path):
     import argparse
     parser = argparse.ArgumentParser()
-    training.add_train_arguments(parser)
+    cli.add_train_arguments(parser)
     conf = tmp_path / "best.json"
     conf.write_text(json.dumps({"model": configlib.to_dict(PRESETS["tiny"]) | {"dropout": 0.3},
                                 "data": {"train": [str(tiny_cache)], "val_size": 16},

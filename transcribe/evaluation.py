@@ -24,7 +24,7 @@ import torch
 from transcribe import dataset, metrics, predictions, report, sequence
 from transcribe.config import INPUT_SIZE, TARGET
 from transcribe.predictions import round_probs, write_predictions
-from transcribe.runs import CHECKPOINTS, THRESHOLD_FILE, atomic_write, load_run, read_threshold, save_json, write_threshold
+from transcribe.runs import THRESHOLD_FILE, atomic_write, load_run, read_threshold, save_json, write_threshold
 from transcribe.svhn import DataError
 
 # ---------------------------------------------------------------- inference
@@ -182,18 +182,6 @@ def headline(rep: dict[str, Any], name: str) -> str:
     lines += [f"  AUC (accuracy vs coverage) {num(rep['auc'])}",
               f"  ECE of exp(confidence)     {num(rep['calibration']['ece'])}"]
     return "\n".join(lines)
-
-
-def add_evaluate_arguments(parser) -> None:
-    parser.add_argument("run", type=Path, help="run folder (holds config.json, ckpt-best.pt, ckpt-last.pt)")
-    parser.add_argument("--split", default="val",
-                        help="val (the run's validation split: chooses the refusal threshold), test (the "
-                             "'test' folder beside the run's first training folder) or PATH (a format-1 "
-                             "folder or .h5 cache); default: val")
-    parser.add_argument("--target", type=float, default=TARGET,
-                        help=f"accuracy the accepted transcriptions must reach (default: {TARGET}, human level)")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which checkpoint (default: best)")
-    parser.add_argument("--n", type=int, default=50, help="photos per gallery section (default: 50)")
 
 
 def run_evaluate(args) -> int:

@@ -21,14 +21,13 @@ from typing import Sequence
 import numpy as np
 
 from transcribe import crops, svhn
-from transcribe.config import CACHE_SIZE, WIDEN
+from transcribe.config import CACHE_SIZE, DEFAULT_RUN, WIDEN
 from transcribe.evaluation import predict_images
 from transcribe.runs import THRESHOLD_FILE, atomic_write, load_run, read_threshold
 from transcribe.sequence import REFUSED_TEXT
 from transcribe.svhn import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-DEFAULT_RUN = "runs/svhn"  # the Makefile's RUN
 
 
 def _natural_key(path: Path):
@@ -104,20 +103,6 @@ def _csv_text(rows: list[dict]) -> str:
                          "" if r["probability"] is None else f"{r['probability']:.4f}",
                          "" if r["confidence"] is None else f"{r['confidence']:.4f}", r["decision"]])
     return buf.getvalue()
-
-
-def add_predict_arguments(parser) -> None:
-    parser.add_argument("images", nargs="+", type=Path,
-                        help="photos, or folders (every image in them; the answer is then a CSV)")
-    parser.add_argument("--box", default=None, metavar="L,T,W,H",
-                        help="the number's box in the photo (pixels); it is widened by the run's factor "
-                             "(write --box=-3,... when left is negative). Without it each image is taken "
-                             "as an already cropped number")
-    parser.add_argument("--run", type=Path, default=Path(DEFAULT_RUN),
-                        help=f"run folder with ckpt-*.pt and threshold.json (default: {DEFAULT_RUN})")
-    parser.add_argument("--csv", type=Path, default=None, metavar="OUT",
-                        help="write file, transcription (empty when referred), confidence, log_confidence, "
-                             "decision to OUT")
 
 
 def run_predict(args) -> int:

@@ -9,7 +9,8 @@ The gallery is one self-contained HTML page: every image is embedded as a base64
 so the page opens from disk and still works when moved or mailed. Every string put into the
 page is HTML-escaped (file names and truths come from files we do not control).
 
-matplotlib (Agg), PIL and torch are imported inside the functions that use them.
+pyplot is imported on the first plot (`_pyplot`), after selecting the file-only Agg backend:
+selecting it at import time would change matplotlib's state for whoever imports this module.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from transcribe import metrics
-from transcribe.config import BLANK, CACHE_SIZE
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.tensorboard import SummaryWriter
+
+from transcribe import crops, metrics
+from transcribe.config import BLANK, CACHE_SIZE, GALLERY_N
 from transcribe.predictions import read_predictions
 from transcribe.runs import atomic_write, save_figure
 
-GALLERY_N = 50          # photos per gallery section
 PHOTO_HEIGHT = 160      # px, the full photo's thumbnail height (width follows, capped below)
 PHOTO_MAX_WIDTH = 320   # px (the page shows it at most 128 px high: a little headroom stays sharp)
 SHEET_COLUMNS = 10      # contact sheet layout
@@ -107,7 +112,6 @@ def plot_confidence_histograms(rows: Sequence[dict], path: Path, threshold: floa
     Log-spaced x axis: the thresholds that matter for 98% accuracy sit at -log P ~ 1e-3..1e-1,
     which a linear axis squeezes into one bin.
     """
-    import numpy as np
     plt = _pyplot()
     scored = metrics.labelled(rows)
     surprise = -metrics.confidences(scored)  # -log P(S|X) >= 0; 0 = certain
@@ -150,9 +154,6 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
 
 def write_pr_curve(rows: Sequence[dict], logdir: Path, tag: str = "accept", step: int = 0) -> Path:
     """TensorBoard PR curve of the accept decision: positive = a correct transcription, score = P(S|X)."""
-    import numpy as np
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
     scored = metrics.labelled(rows)
     labels = torch.from_numpy(metrics.correctness(scored))
     scores = torch.from_numpy(np.clip(np.exp(metrics.confidences(scored)), 0.0, 1.0))
@@ -193,7 +194,6 @@ class Photos:
         self.problems: dict[str, str] = {}
 
     def get(self, path: str | None):
-        from PIL import Image
         if not path:
             return None
         if path not in self.cache:
@@ -209,7 +209,6 @@ class Photos:
 def draw_boxes(photo, boxes) -> Any:
     """A thumbnail of `photo` (at most PHOTO_HEIGHT x PHOTO_MAX_WIDTH) with each (colour, box)
     drawn on it; boxes are (left, top, width, height) in photo pixels, None ones skipped."""
-    from PIL import Image, ImageDraw
     scale = min(PHOTO_HEIGHT / photo.height, PHOTO_MAX_WIDTH / photo.width)
     size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
     thumb = photo.resize(size, Image.BILINEAR)
@@ -223,9 +222,6 @@ def draw_boxes(photo, boxes) -> Any:
 
 def _thumbnails(row: dict, photos: Photos) -> tuple[str | None, str | None]:
     """(photo with the crop box drawn, the 64x64 crop the network saw) as data URIs, None if unavailable."""
-    import numpy as np
-    from PIL import Image
-    from transcribe import crops
     photo = photos.get(row.get("image"))
     if photo is None:
         return None, None
@@ -379,7 +375,6 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
                     + (f'<div class="grid">{cards}</div>' if cards else '<p class="empty">none</p>'))
     plot_html = ""
     if plots:
-        from PIL import Image
         imgs = []
         for p in plots:
             with Image.open(p) as im:
@@ -405,9 +400,6 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
 
 def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS) -> Path | None:
     """A PNG grid of the crops of `rows` (e.g. the worst mistakes), truth and reading under each."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-    from transcribe import crops
     if not rows:
         return None
     photos = Photos()
@@ -448,14 +440,6 @@ def write_gallery(rows: Sequence[dict], out_dir: Path, n: int = GALLERY_N, seed:
 
 
 # ---------------------------------------------------------------- command
-
-def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", type=Path, help="a predictions.jsonl file (any split, any system)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for gallery.html and mistakes.png (default: beside the predictions file)")
-    parser.add_argument("--n", type=int, default=GALLERY_N, help=f"photos per section (default: {GALLERY_N})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random sample (default: 0)")
-
 
 def run_gallery(args: argparse.Namespace) -> int:
     rows = read_predictions(args.predictions)

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from transcribe import config as configlib
+from transcribe.config import CHECKPOINTS
 from transcribe import dataset
 from transcribe import model as modellib
 
@@ -39,7 +40,6 @@ COMMIT_FILE = "commit.txt"
 THRESHOLD_FILE = "threshold.json"
 CKPT_LAST = "ckpt-last.pt"
 CKPT_BEST = "ckpt-best.pt"
-CHECKPOINTS = ("best", "last")  # --checkpoint choices: ckpt-<name>.pt
 CHECKPOINT_VERSION = 1
 FILE_MODE = 0o644  # mkstemp creates 0600 files; run folders are meant to be read by others
 

@@ -17,13 +17,12 @@ same layout with `write_digitstruct`, and everything downstream starts from `rea
 
 Bad input is never skipped silently: a file that cannot be parsed raises `DataError` naming
 it; an entry that cannot be used becomes a `Problem` (counted, listed by `summarize`).
-Only the standard library and numpy are imported at module level; h5py, PIL and tqdm are
-imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import struct
 import tempfile
@@ -32,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import h5py
 import numpy as np
+from h5py import h5d, h5r, h5s, h5t
+from PIL import Image
 
 from transcribe.config import MAX_DIGITS
 
@@ -100,8 +102,6 @@ def read_entries(path: Path) -> list[_Entry]:
     level; the entries are then parsed by `_MatParser` (HDF5's on-disk format read directly
     from a memory map, ~4x faster than h5py, which dereferences each of the ~12 tiny objects
     per entry at ~40 us each). Any layout that parser does not know falls back to h5py."""
-    import h5py
-    from h5py import h5s, h5t
 
     try:
         f = h5py.File(path, "r")
@@ -145,7 +145,6 @@ def read_entries(path: Path) -> list[_Entry]:
 
 def _read_entries_h5py(path: Path, f, name_refs, bbox_refs) -> list[_Entry]:
     """The same parse through h5py's low-level API (about 3x faster than its high-level one)."""
-    from h5py import h5d, h5r, h5s, h5t
 
     fid = f.id
     all_ = h5s.ALL
@@ -212,7 +211,6 @@ class _MatParser:
     fixed-point, IEEE float or object-reference type. Anything else raises _Unsupported."""
 
     def __init__(self, path: Path, base: int):
-        import mmap
 
         self._file = open(path, "rb")
         self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -389,7 +387,6 @@ def _matlab_header() -> bytes:
 def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> None:
     """Write records in MATLAB's v7.3 layout (as the official files; `read_digitstruct`
     reads it back the same way). Atomic: written to a temp file in the same folder, renamed."""
-    import h5py
 
     path = Path(path)
     records = list(records)
@@ -556,7 +553,6 @@ def summarize(problems: Sequence[Problem], examples: int = 5) -> str:
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """A photo as (H, W, 3) uint8 RGB. DataError naming the file if missing or unreadable
     (a truncated PNG fails here, not later)."""
-    from PIL import Image
 
     path = Path(path)
     try:

@@ -26,8 +26,6 @@ Beyond one process: under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK set) the model 
 DistributedDataParallel (gloo on CPU, nccl on CUDA). Every rank builds the same global batch
 and takes its own micro-batch of it, so the crops an image receives do not depend on the
 number of processes; only rank 0 evaluates, writes files and prints.
-
-torch is imported inside functions so `transcribe --help` stays fast.
 """
 
 from __future__ import annotations
@@ -41,78 +39,27 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
 from transcribe import config as configlib
-from transcribe.config import MAX_DIGITS
+from transcribe import dataset, sequence
+from transcribe import model as modellib
+from transcribe.cli import add_train_arguments
+from transcribe.config import MAX_DIGITS, RESUMABLE_CHANGES, TrainConfig
 from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
                              git_commit, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
 
 EVAL_BATCH = 256          # images per forward pass during evaluation (memory, not results)
 PROGRESS_POSTFIX_EVERY = 20  # steps between progress-bar loss updates (.item() syncs a GPU)
-# Fields of TrainConfig that may change when a run is resumed: they do not alter the
-# trajectory of the weights (or only end it earlier/later). Anything else must match.
-RESUMABLE_CHANGES = ("out", "steps", "max_seconds", "progress", "threads", "device", "compile",
-                     "hist_every", "patience", "init", "deterministic")
-
-
-def _f(default, help, **extra):  # a dataclass field whose flag help lives beside it
-    return field(default=default, metadata={"help": help, **extra})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # where and what
-    out: str = _f("runs/train", "run folder; training resumes if it holds ckpt-last.pt")
-    preset: str = _f("cpu", "model preset from model.PRESETS, before model flag overrides")
-    init: str = _f("", "checkpoint whose weights start a new run (e.g. synthetic pretraining)")
-    # optimisation
-    steps: int = _f(3000, "optimizer steps in total")
-    batch_size: int = _f(64, "images per step, over all processes (the global batch)")
-    accum: int = _f(1, "micro-batches per process per step (gradient accumulation); batch "
-                       "norm sees batch_size/(processes*accum) images at a time")
-    optimizer: str = _f("sgd", "sgd (with momentum) or adam (AdamW)", choices=("sgd", "adam"))
-    lr: float = _f(0.05, "peak learning rate")
-    momentum: float = _f(0.9, "SGD momentum (adam: beta1)")
-    weight_decay: float = _f(5e-4, "L2 weight decay on weights (not on biases and norms)")
-    schedule: str = _f("linear", "linear (decay to lr_floor), exp (geometric decay to lr_floor), "
-                                 "plateau (halve after plateau_patience evaluations without a "
-                                 "better validation sequence accuracy), const",
-                       choices=("linear", "exp", "plateau", "const"))
-    lr_floor: float = _f(1e-4, "learning rate at the last step for linear/exp schedules")
-    warmup: int = _f(0, "steps of linear warm-up from 0 to lr")
-    plateau_patience: int = _f(3, "plateau schedule: evaluations without improvement before halving lr")
-    grad_clip: float = _f(5.0, "clip the global gradient norm to this (0 = off)")
-    # evaluation, early stopping, budget
-    eval_every: int = _f(200, "steps between evaluations, checkpoints and log lines")
-    eval_limit: int = _f(1000, "images evaluated per split at each evaluation (0 = all)")
-    patience: int = _f(0, "stop after this many evaluations without a better validation "
-                          "sequence accuracy (0 = never)")
-    max_seconds: float = _f(0.0, "wall-clock budget in seconds including resumed time (0 = none)")
-    # reproducibility and hardware
-    seed: int = _f(0, "seed of weights, batch order, crops and dropout")
-    deterministic: bool = _f(False, "deterministic algorithms (and 1 thread unless --threads)")
-    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
-    device: str = _f("auto", "auto (cuda if present), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    compile: bool = _f(False, "torch.compile the model (CUDA)")
-    amp: str = _f("auto", "autocast: auto = bf16 on CUDA, off on CPU (bf16 is slower there)",
-                  choices=("auto", "bf16", "off"))
-    # instruments
-    hist_every: int = _f(500, "steps between histograms and update ratios in TensorBoard (0 = off)")
-    progress: bool = _f(True, "tqdm progress bar (only shown on a terminal)")
-
-    def __post_init__(self):
-        positive = ("batch_size", "accum", "eval_every", "plateau_patience")
-        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
-        bad += [f"{k}={getattr(self, k)}" for k in ("steps", "lr", "warmup", "grad_clip", "eval_limit",
-                                                     "patience", "max_seconds", "threads", "hist_every",
-                                                     "weight_decay") if getattr(self, k) < 0]
-        if self.schedule == "exp" and self.lr_floor <= 0:
-            bad.append(f"lr_floor={self.lr_floor} (the exp schedule needs > 0)")
-        if bad:
-            raise ValueError(f"TrainConfig: invalid {', '.join(bad)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +100,11 @@ def plateau_update(state: dict, score: float, cfg: TrainConfig) -> dict:
 def dropout_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the global torch RNG (dropout) for one step of one process: a pure function, so
     a resumed run draws the same masks as an uninterrupted one, and processes draw different ones."""
-    import numpy as np
     return int(np.random.SeedSequence([seed, step, rank, 2]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @functools.lru_cache(maxsize=2)
 def _epoch_order(n: int, seed: int, epoch: int):
-    from transcribe import dataset
     return dataset.epoch_permutation(n, seed, epoch)  # (n,) LongTensor; cached: one per epoch
 
 
@@ -180,7 +125,6 @@ def accuracies(decoded_lengths, decoded_digits, lengths, digits) -> tuple[Any, A
     sec. 5: "the whole sequence"). A character is correct when the prediction has a digit at
     that position equal to the true one; characters are counted over the true length.
     """
-    import torch
     pos = torch.arange(MAX_DIGITS, device=lengths.device)
     true_mask = pos[None, :] < lengths[:, None]                      # (B, 5)
     pred_mask = pos[None, :] < decoded_lengths[:, None]              # (B, 5)
@@ -192,8 +136,6 @@ def accuracies(decoded_lengths, decoded_digits, lengths, digits) -> tuple[Any, A
 
 def evaluate(model, images, lengths, digits, crop: int, head: str, autocast, channels_last: bool) -> dict:
     """Loss and sequence/character accuracy of `model` on uint8 images (N,64,64,3), centre crops."""
-    import torch
-    from transcribe import dataset, sequence
     was_training = model.training
     model.eval()
     n = images.shape[0]
@@ -223,8 +165,6 @@ def evaluate(model, images, lengths, digits, crop: int, head: str, autocast, cha
 
 def rng_state() -> dict:
     """RNG states as tensors (torch.load(weights_only=True) accepts tensors, not numpy arrays)."""
-    import numpy as np
-    import torch
     np_state = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     state = {
@@ -240,8 +180,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
                          state["numpy_has_gauss"], state["numpy_gauss"]))
@@ -276,7 +214,6 @@ class Probe:
     and the outputs of ReLU modules and of conv blocks (after the nonlinearity and pooling)."""
 
     def __init__(self, model):
-        import torch.nn as nn
         self.outputs: dict[str, Any] = {}
         self.handles = []
         for name, module in model.named_modules():
@@ -310,7 +247,6 @@ def update_ratios(before: dict, model) -> dict[str, float]:
 
 def make_optimizer(model, cfg: TrainConfig):
     """SGD with momentum or AdamW; weight decay on weights only (not on biases and norms)."""
-    import torch
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -321,9 +257,6 @@ def make_optimizer(model, cfg: TrainConfig):
 
 def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the run folder."""
-    import torch
-    from transcribe import dataset, sequence
-    from transcribe import model as modellib
 
     # ---- processes and devices -----------------------------------------------------------
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
@@ -331,7 +264,6 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
     if ddp:
-        import torch.distributed as dist
         rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         if want_cuda:
             torch.cuda.set_device(local_rank)
@@ -405,7 +337,6 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
         raw_model = raw_model.to(memory_format=torch.channels_last)
         model = torch.compile(raw_model) if cfg.compile else raw_model
         if ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
         # ---- run folder (rank 0 only) ---------------------------------------------------------
@@ -416,11 +347,9 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             (out / COMMIT_FILE).write_text(git_commit() + "\n")
             if resumed:
                 truncate_metrics(out, state["step"])
-            from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] if resumed else None)
         pbar = None
         if master and cfg.progress and sys.stderr.isatty():
-            from tqdm import tqdm
             pbar = tqdm(total=cfg.steps, initial=state["step"], unit="step", dynamic_ncols=True)
         log = pbar.write if pbar is not None else print
         t_start, elapsed_before = time.time(), state["elapsed"]  # seconds: this session, earlier ones
@@ -571,37 +500,6 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Command line
 
-def _collisions() -> tuple[set[str], set[str]]:
-    """Field names shared between the three configs get a 'model-'/'data-' flag prefix."""
-    from transcribe import dataset
-    from transcribe import model as modellib
-    t = {f.name for f in dataclasses.fields(TrainConfig)}
-    m = {f.name for f in dataclasses.fields(modellib.ModelConfig)}
-    d = {f.name for f in dataclasses.fields(dataset.DataConfig)}
-    return m & (t | d), d & t
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from transcribe import dataset
-    from transcribe import model as modellib
-    parser.add_argument("--config", default=None, metavar="FILE.json",
-                        help='start from {"model": ..., "data": ..., "train": ...} (e.g. the best '
-                             'configuration a search wrote); flags given here override it')
-    parser.epilog = ("Model flags override single fields of the --preset model (their defaults shown are "
-                     "ModelConfig's). Training resumes when --out holds ckpt-last.pt; its stored settings "
-                     "are then the defaults.")
-    model_clash, data_clash = _collisions()
-    configlib.add_dataclass_arguments(parser, TrainConfig)
-    configlib.add_dataclass_arguments(parser, modellib.ModelConfig, skip=tuple(model_clash))
-    if model_clash:
-        configlib.add_dataclass_arguments(parser, modellib.ModelConfig, prefix="model_", skip=tuple(
-            f.name for f in dataclasses.fields(modellib.ModelConfig) if f.name not in model_clash))
-    configlib.add_dataclass_arguments(parser, dataset.DataConfig, skip=tuple(data_clash))
-    if data_clash:
-        configlib.add_dataclass_arguments(parser, dataset.DataConfig, prefix="data_", skip=tuple(
-            f.name for f in dataclasses.fields(dataset.DataConfig) if f.name not in data_clash))
-
-
 def _from_args(cls, args, base, clash: set[str], prefix: str):
     merged = argparse.Namespace(**{f.name: getattr(args, (prefix if f.name in clash else "") + f.name, None)
                                    for f in dataclasses.fields(cls)})
@@ -613,9 +511,7 @@ def configs_from_args(args: argparse.Namespace):
 
     The model starts from the preset named by --preset (or the config file's model, or the
     stored run's), then model flags override single fields."""
-    from transcribe import dataset
-    from transcribe import model as modellib
-    model_clash, data_clash = _collisions()
+    model_clash, data_clash = configlib.flag_collisions()
     base: dict[str, Any] = {}
     if args.config:
         try:
@@ -652,5 +548,5 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python train.py ...` (and `torchrun ... train.py ...`) = `transcribe train ...`."""
     parser = argparse.ArgumentParser(prog="train.py", description="train a model; writes a run folder")
-    add_train_arguments(parser)
+    add_train_arguments(parser)  # the flags of `transcribe train`, defined in cli.py
     return run_train(parser.parse_args(argv))

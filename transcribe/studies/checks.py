@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS
-from transcribe.runs import atomic_write, read_config, save_json
 
 TINY_SET = 16            # photos in the tiny-set fit
 TINY_STEPS = 300         # Adam steps allowed to fit them
@@ -369,6 +368,7 @@ def format_table(results: list[CheckResult]) -> str:
 
 def _load_config(path: str | None) -> dict:
     """{"model", "data", "train"} from a config JSON or a run folder's config.json ({} if none)."""
+    from transcribe.runs import read_config
     if not path:
         return {}
     try:
@@ -413,6 +413,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from transcribe.runs import atomic_write, save_json
     import torch
     from transcribe import config as C
     from transcribe.model import PRESETS, ModelConfig, build_model

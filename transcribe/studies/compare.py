@@ -1,7 +1,8 @@
 """Several systems side by side: one accuracy-vs-coverage plot, one table, the photos they disagree on.
 
 Every system (our models, an OCR baseline) writes the same predictions.jsonl, so comparing
-them is a pure function of those files (STYLE.md item 6). The refusal threshold of each system
+them is a pure function of those files (inference writes predictions once; every metric,
+curve and gallery is computed from that file). The refusal threshold of each system
 is chosen on *its own validation predictions* (`--val-preds`) and applied unchanged, as
 evaluation.py does; without them the table gives the best coverage any threshold could reach on
 these very photos, and says so ("best achievable (no val threshold)"): an optimistic number.
@@ -26,8 +27,6 @@ from typing import Any, Sequence
 
 from transcribe import metrics
 from transcribe.config import TARGET
-from transcribe.predictions import read_predictions
-from transcribe.runs import atomic_write, save_figure, save_json
 
 GALLERY_N = 100  # disagreements shown, most confident wrong reading first
 NO_VAL = "best achievable (no val threshold)"
@@ -61,6 +60,7 @@ def read_meta(pred_path: Path) -> dict[str, Any]:
 
 def load_systems(preds: Sequence[str], names: Sequence[str] | None = None,
                  val_preds: Sequence[str] | None = None) -> list[System]:
+    from transcribe.predictions import read_predictions
     if names and len(names) != len(preds):
         raise ValueError(f"--names gives {len(names)} names for {len(preds)} predictions files")
     if val_preds and len(val_preds) != len(preds):
@@ -171,6 +171,7 @@ def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list
 
 
 def plot(systems: Sequence[System], table: list[dict], path: Path, target: float) -> Path:
+    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -246,6 +247,7 @@ def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str,
 
 def compare(systems: Sequence[System], out: Path, target: float = TARGET, n: int = GALLERY_N,
             plots: bool = True) -> dict[str, Any]:
+    from transcribe.runs import atomic_write, save_json
     out.mkdir(parents=True, exist_ok=True)
     table = [summarize(s, target) for s in systems]
     items, counts = disagreements(systems)

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from transcribe.config import TARGET
-from transcribe.runs import METRICS_FILE, atomic_write, read_config, read_metrics, save_figure
 
 ERR_FLOOR = 1e-4         # errors are floored here before taking logs (a training error of exactly 0)
 # Chance level for whole-sequence error: a predictor that ignores the photo can at best output
@@ -322,6 +321,7 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
 
 def base_configs(args: argparse.Namespace):
     """(model_cfg, data_cfg, train_cfg) from --config, then --preset/--train/... overrides."""
+    from transcribe.runs import read_config
     from transcribe import config as C
     from transcribe.dataset import DataConfig
     from transcribe.model import PRESETS, ModelConfig
@@ -357,6 +357,7 @@ def base_configs(args: argparse.Namespace):
 
 def run_result(run_dir: str | Path) -> dict:
     """Errors of a finished run: at its best-validation row (what early stopping keeps) and last row."""
+    from transcribe.runs import read_metrics
     e = run_errors(read_metrics(run_dir))
     return {"run": str(run_dir), "train_err": e["best"]["train_err"], "val_err": e["best"]["val_err"],
             "best_step": e["best"]["step"], "last_train_err": e["last"]["train_err"],
@@ -447,6 +448,7 @@ def learning_curve_markdown(res: dict) -> str:
 
 
 def plot_learning_curve(res: dict, path: Path) -> None:
+    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -473,6 +475,7 @@ def plot_learning_curve(res: dict, path: Path) -> None:
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
+    from transcribe.runs import METRICS_FILE, atomic_write, read_metrics
     from transcribe import dataset
     from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
@@ -523,6 +526,7 @@ def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
+    from transcribe.runs import read_metrics
     try:
         e = run_errors(read_metrics(args.run))
     except (FileNotFoundError, ValueError) as err:
@@ -569,6 +573,7 @@ def lr_sweep_markdown(rows: list[dict], best: dict, steps: int) -> str:
 
 
 def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
+    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -598,6 +603,7 @@ def sweep_row(lr: float, result: dict) -> dict:
 
 
 def run_lr_sweep(args: argparse.Namespace) -> int:
+    from transcribe.runs import METRICS_FILE, atomic_write, read_metrics
     from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
     lrs = sorted(args.lrs) if args.lrs else lr_grid(args.lr_min, args.lr_max, args.per_decade)

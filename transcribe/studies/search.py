@@ -39,7 +39,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transcribe.runs import atomic_write, read_metrics, save_json
 
 POLL_SECONDS = 0.5       # how often a trial reads its metrics.jsonl
 SQLITE_TIMEOUT = 60      # seconds a worker waits for the SQLite lock (several processes write)
@@ -146,6 +145,7 @@ def make_pruner(kind: str, startup: int):
 def run_trial(trial, names, base: dict, out: Path) -> float:
     """Train one configuration in a subprocess; report each evaluation; prune; return the best
     validation sequence accuracy of the run (what early stopping would keep)."""
+    from transcribe.runs import read_metrics, save_json
     import optuna
     from transcribe import config as C
     from transcribe.dataset import DataConfig
@@ -259,6 +259,7 @@ def results_markdown(rows: list[dict], best) -> str:
 
 def write_results(study, out: Path) -> dict | None:
     """results.csv, results.md and best.json (the best trial's configuration, train.out -> OUT/best)."""
+    from transcribe.runs import atomic_write
     import optuna
     rows = results_rows(study)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
