@@ -152,7 +152,7 @@ def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
     model, ckpt = runs.load_checkpoint(out / "ckpt-last.pt")
     _, val = dataset.load_splits(data_cfg, progress=False)
     t = lambda a: torch.as_tensor(a)  # noqa: E731
-    again = training.evaluate(model, t(val.images), t(val.lengths), t(val.digits), data_cfg.crop,
+    again = training.loss_and_accuracy(model, t(val.images), t(val.lengths), t(val.digits), data_cfg.crop,
                               model_cfg.head, training.contextlib.nullcontext, False)
     assert again["loss"] == pytest.approx(r[-1]["val_loss"], rel=1e-5)
     assert again["seq_acc"] == r[-1]["val_seq_acc"] and again["char_acc"] == r[-1]["val_char_acc"]

@@ -310,23 +310,22 @@ def gradient_norms(model, x, lengths, digits, head: str = "sequence") -> list[Ch
     ]
 
 
-def update_ratios(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
+def update_ratio_check(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
                   steps: int = UPDATE_STEPS) -> CheckResult:
     """||delta theta|| / ||theta|| per weight tensor per step, over a few optimizer steps (11.5)."""
     import torch
-    from transcribe import sequence
+    from transcribe import sequence, training
     model = copy.deepcopy(model).train()
     opt = make_optimizer(model) if make_optimizer else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ratios: dict[str, list[float]] = {}
     for _ in range(steps):
-        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.ndim >= 2}
+        before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.ndim >= 2}
         loss = sequence.loss(*model(x), lengths, digits, head)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for n, p in model.named_parameters():
-            if n in before:
-                ratios.setdefault(n, []).append(float((p.detach() - before[n]).norm() / before[n].norm().clamp_min(1e-12)))
+        for n, r in training.update_ratios(before, model).items():
+            ratios.setdefault(n, []).append(r)
     mean = {n: float(np.mean(r)) for n, r in ratios.items()}
     lo, hi = UPDATE_RATIO
     outside = {n: r for n, r in mean.items() if not lo <= r <= hi}
@@ -336,7 +335,7 @@ def update_ratios(model, x, lengths, digits, head: str = "sequence", make_optimi
                        f"~1e-2, flagged outside [{lo:g}, {hi:g}]", False, {"layers": mean, "outside": outside})
 
 
-def run_checks(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
+def check_all(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
                tiny_steps: int = TINY_STEPS, seed: int = 0) -> list[CheckResult]:
     """All checks on `model` and one batch (x (B,3,S,S) float, lengths (B,), digits (B,N))."""
     import torch
@@ -350,7 +349,7 @@ def run_checks(model, x, lengths, digits, head: str = "sequence", make_optimizer
     results += complex_step_check(*out, lengths[small], digits[small], head, seed=seed)
     results += gradient_norms(model, x, lengths, digits, head)
     results.append(activation_stats(model, x))
-    results.append(update_ratios(model, x, lengths, digits, head, make_optimizer))
+    results.append(update_ratio_check(model, x, lengths, digits, head, make_optimizer))
     return results
 
 
@@ -440,7 +439,7 @@ def run_check(args: argparse.Namespace) -> int:
     model = build_model(model_cfg)
     x, lengths, digits, source = _batch(data_cfg, max(args.batch, TINY_SET), args.seed)
     print(f"model: {model_cfg.head} head, widths {model_cfg.widths}, fc {model_cfg.fc}; data: {source}")
-    results = run_checks(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.seed)
+    results = check_all(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.seed)
     table = format_table(results)
     print(table)
     failed = [r.name for r in results if r.status == "fail"]
