@@ -1,14 +1,9 @@
 """`transcribe data`: get photos in format 1 and build their preprocessed caches.
 
-    transcribe data svhn [--root data/svhn] [--splits train test extra]
-        download + extract the official archives (fetch.fetch_svhn), then cache each split
-    transcribe data synth --n N [--out data/synth/train] [--seed S]
-        write N synthetic house-number photos in format 1 (synth.generate)
-    transcribe data FOLDER [--widen 1.3] [--val-fraction 0.1] [--strict]
-        build (or reuse) the cache of a format-1 folder and print what is in it:
-        counts, length histogram, validation split sizes, what was skipped and why
-    transcribe data CACHE.h5
-        print the summary stored in an existing cache
+Four forms (listed by `transcribe data --help`; the flags are defined in cli.py): `svhn`
+downloads the official archives (fetch.py) and caches each split, `synth` writes synthetic
+photos (synth.py), a format-1 FOLDER is cached (dataset.build_cache) and described: counts,
+length histogram, validation split sizes, what was skipped and why; a CACHE.h5 is described.
 
 Errors in the data (DataError) end the command with a one-line message and exit status 1.
 """

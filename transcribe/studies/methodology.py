@@ -301,6 +301,18 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finish_error_plot(plt, fig, ax, path: Path, xlabel: str, title: str) -> None:
+    """The common end of the error-against-log-x plots: axes, legend, atomic PNG, figure freed."""
+    from transcribe.runs import save_figure
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sequence error (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------
 # Shared by the training-driven commands (learning-curve, lr-sweep, search)
 
@@ -448,7 +460,6 @@ def learning_curve_markdown(res: dict) -> str:
 
 
 def plot_learning_curve(res: dict, path: Path) -> None:
-    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -465,13 +476,7 @@ def plot_learning_curve(res: dict, path: Path) -> None:
     ax.axhline(100 * res["target_err"], ls="--", c="gray", label=f"target {100 * res['target_err']:.0f}%")
     if math.isfinite(need) and need <= hi:
         ax.axvline(need, ls=":", c="gray")
-    ax.set_xscale("log")
-    ax.set_xlabel("training photos (log scale)")
-    ax.set_ylabel("sequence error (%)")
-    ax.set_title("Learning curve (DL book 11.3)")
-    ax.legend(fontsize=8)
-    save_figure(fig, path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _finish_error_plot(plt, fig, ax, path, "training photos (log scale)", "Learning curve (DL book 11.3)")
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
@@ -573,7 +578,6 @@ def lr_sweep_markdown(rows: list[dict], best: dict, steps: int) -> str:
 
 
 def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
-    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -585,13 +589,8 @@ def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
     if div:
         ax.plot([r["lr"] for r in div], [100.0] * len(div), "rx", ms=10, label="diverged")
     ax.axvline(best["lr"], ls=":", c="gray", label=f"best {best['lr']:.3g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("sequence error (%)")
-    ax.set_title("Training error against learning rate (DL book fig. 11.1)")
-    ax.legend(fontsize=8)
-    save_figure(fig, path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _finish_error_plot(plt, fig, ax, path, "learning rate (log scale)",
+                       "Training error against learning rate (DL book fig. 11.1)")
 
 
 def sweep_row(lr: float, result: dict) -> dict:
