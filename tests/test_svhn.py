@@ -129,47 +129,6 @@ def test_label_outside_range_is_a_problem(tmp_path):
         svhn.read_digitstruct(tmp_path / "digitStruct.mat")
 
 
-def _no_fallback(*args):
-    raise AssertionError("the HDF5 parser fell back to h5py")
-
-
-def test_fast_parser_matches_h5py_on_real_files(svhn_fixtures, svhn_sample, monkeypatch):
-    paths = [svhn_fixtures / s / "digitStruct.mat" for s in ("train", "test", "extra")]
-    paths.append(svhn_sample / "digitStruct.mat")
-    h5py_reader = svhn._read_entries_h5py
-    for path in paths:
-        monkeypatch.setattr(svhn, "_read_entries_h5py", _no_fallback)
-        fast = svhn.read_entries(path)  # MATLAB's compact layout and the sample's contiguous one
-        monkeypatch.setattr(svhn, "_read_entries_h5py", h5py_reader)
-        monkeypatch.setattr(svhn, "_FAST_PARSER", False)
-        assert fast == svhn.read_entries(path), path
-        monkeypatch.setattr(svhn, "_FAST_PARSER", True)
-
-
-def test_fast_parser_reads_written_files(tmp_path, monkeypatch):
-    path = tmp_path / "digitStruct.mat"
-    recs = _records() + [Record("12.png", (), ())]  # incl. MATLAB's empty [] fields
-    svhn.write_digitstruct(path, recs)
-    monkeypatch.setattr(svhn, "_read_entries_h5py", _no_fallback)
-    assert svhn.read_digitstruct(path) == recs
-
-
-def test_unknown_layout_falls_back_to_h5py(tmp_path):
-    """Chunked, compressed datasets in new-style (v2) headers: the parser declines, h5py reads."""
-    import h5py
-
-    path = tmp_path / "digitStruct.mat"
-    with h5py.File(path, "w", libver="latest") as f:
-        name = f.create_dataset("n0", data=np.frombuffer("7.png".encode("utf-16-le"), "<u2").reshape(-1, 1),
-                                chunks=True, compression="gzip")
-        box = f.create_group("b0")
-        for key, value in zip(("height", "left", "top", "width", "label"), (9.0, 1.0, 2.0, 3.0, 10.0)):
-            box.create_dataset(key, data=np.array([[value]]), chunks=True, compression="gzip")
-        f.create_dataset("digitStruct/name", data=np.array([[name.ref]], dtype=h5py.ref_dtype))
-        f.create_dataset("digitStruct/bbox", data=np.array([[box.ref]], dtype=h5py.ref_dtype))
-    assert svhn.read_digitstruct(path) == [Record("7.png", (0,), ((1.0, 2.0, 3.0, 9.0),))]
-
-
 # ---------------------------------------------------------------------------- bad files
 
 def test_random_bytes_mat_names_the_file(tmp_path):
