@@ -11,6 +11,8 @@ page is HTML-escaped (file names and truths come from files we do not control).
 
 pyplot is imported on the first plot (`_pyplot`), after selecting the file-only Agg backend:
 selecting it at import time would change matplotlib's state for whoever imports this module.
+
+Size: about 460 lines: the plots and the gallery are two views of one predictions file.
 """
 
 from __future__ import annotations

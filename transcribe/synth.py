@@ -18,6 +18,8 @@ Digit boxes are tight boxes around each rendered glyph's ink, in reading order, 
 Labels are sampled apart from rendering (`sample_labels`), so their statistics can be
 tested cheaply. Every photo has its own random generator seeded by (seed, index), so the
 same seed gives byte-identical PNGs and labels, and any photo can be re-rendered alone.
+
+Size: about 670 lines, one concept (the generator): most of it is drawing code used only here.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Beyond one process: under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK set) the model 
 DistributedDataParallel (gloo on CPU, nccl on CUDA). Every rank builds the same global batch
 and takes its own micro-batch of it, so the crops an image receives do not depend on the
 number of processes; only rank 0 evaluates, writes files and prints.
+
+Size: about 600 lines, one concept (a run): the loop, and what exact resume (RNG states,
+the resume check) and the instruments (Probe, histograms, update ratios) need beside it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Deep Learning book, chapter 11 (Goodfellow, Bengio & Courville 2016):
 The pure parts (`fit_power_law`, `examples_needed`, `bootstrap_examples_needed`, `diagnose`,
 `lr_grid`, `best_rate`) import only numpy; the commands train through training.train and read
 the run folders it writes (config.json, metrics.jsonl).
+
+Size: about 630 lines: the three commands of one chapter (learning curve, diagnosis, lr sweep)
+share the run-folder reading and the training driver.
 """
 
 from __future__ import annotations
