@@ -429,6 +429,9 @@ def write_histograms(writer, raw_model, probe, step: int) -> None:
 
 def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the run folder."""
+    if model_cfg.in_size != data_cfg.crop:  # two fields, one quantity: the side of the network's input
+        raise ValueError(f"the model's in_size ({model_cfg.in_size}) differs from the data's crop ({data_cfg.crop}): "
+                         f"give --in-size and --crop the same value")
     procs = start_processes(cfg)
     master, device, autocast = procs.master, procs.device, procs.autocast
     micro = cfg.batch_size // (procs.world * cfg.accum)  # images per forward pass of this process
