@@ -324,3 +324,9 @@ def test_unreadable_checkpoint_is_named(tiny_cache, tmp_path):
         training.train(model_cfg, data_cfg, cfg)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         runs.load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_model_input_and_data_crop_must_agree(tmp_path):
+    from dataclasses import replace
+    with pytest.raises(ValueError, match=r"in_size \(40\) differs from the data's crop \(54\)"):
+        training.train(replace(PRESETS["tiny"], in_size=40), dataset.DataConfig(), TrainConfig(out=str(tmp_path)))
