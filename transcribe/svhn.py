@@ -98,9 +98,10 @@ class _Entry:
 
 def read_entries(path: Path) -> list[_Entry]:
     """All entries of a digitStruct.mat as stored. h5py opens the file and checks its top
-    level; the entries are then parsed by `matreader.MatParser` (HDF5's on-disk format read directly
-    from a memory map, 7-9x faster than h5py (measured in matreader.py), which dereferences each of the ~12 tiny objects
-    per entry at ~40 us each). Any layout that parser does not know falls back to h5py."""
+    level; the entries are then parsed by `matreader.MatParser` (HDF5's on-disk format read
+    directly from a memory map: 7-9x faster than h5py, which dereferences each of the ~12 tiny
+    objects per entry; measured in matreader.py). Any layout that parser does not know, or
+    damage, falls back to h5py, which reads the file or names the problem."""
 
     try:
         f = h5py.File(path, "r")
