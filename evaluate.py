@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from transcribe.evaluation import add_evaluate_arguments, run_evaluate
+from transcribe.cli import add_evaluate_arguments
+from transcribe.evaluation import run_evaluate
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="evaluate.py",

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transcribe import metrics
+from transcribe.runs import atomic_write
 
 WIDTHS = (1.0, 1.3)  # the tight union of the digit boxes vs the paper's 30% wider box
 
@@ -44,7 +45,7 @@ def ablation(train: tuple[str, ...], out: str | Path, widths=WIDTHS, preset: str
         val = evaluate(run, "val", target=target, gallery_n=gallery_n, say=say)["report"]
         held = evaluate(run, split, target=target, gallery_n=gallery_n, say=say)["report"] if split != "val" else val
         results.append((w, val, held))
-    pct = metrics._pct
+    pct = metrics.pct
     name = "val" if split == "val" else Path(split).name
     lines = [f"# Crop widening: {preset} preset, {steps} steps, target {pct(target)}", "",
              f"Training data: {', '.join(train)}. Same photos, budget and seed for every row; the threshold "
@@ -54,19 +55,17 @@ def ablation(train: tuple[str, ...], out: str | Path, widths=WIDTHS, preset: str
                   "| accuracy there | val AUC |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {w:g} | {pct(val['sequence_accuracy'])} | {pct(val['character_accuracy'])} | "
                   f"{pct(val['threshold']['coverage'])} | {pct(val['threshold']['accuracy'])} | "
-                  f"{metrics._num(val['auc'])} |" for w, val, _ in results]
+                  f"{metrics.num(val['auc'])} |" for w, val, _ in results]
     else:
         lines += [f"| widen | val seq. acc. | val coverage at {pct(target)} | {name} seq. acc. | "
                   f"{name} coverage at {pct(target)} (val threshold) | accuracy there | {name} AUC |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {w:g} | {pct(val['sequence_accuracy'])} | {pct(val['threshold']['coverage'])} | "
                   f"{pct(held['sequence_accuracy'])} | {pct(held['threshold']['coverage'])} | "
-                  f"{pct(held['threshold']['accuracy'])} | {metrics._num(held['auc'])} |" for w, val, held in results]
+                  f"{pct(held['threshold']['accuracy'])} | {metrics.num(held['auc'])} |" for w, val, held in results]
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "ablation.md.tmp"
-    tmp.write_text(table)
-    tmp.replace(out / "ablation.md")
+    atomic_write(out / "ablation.md", table)
     say(table)
     say(f"wrote {out / 'ablation.md'}")
     return table

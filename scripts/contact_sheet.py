@@ -11,7 +11,6 @@ resized to 64x64). A person judges from this sheet whether the generator resembl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -84,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     draw.text((left.width + gap + 4, 2), f"real ({args.real.name} of {args.real.parent.name})", fill=(0, 0, 0))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    sheet.save(tmp_out, format="PNG")
-    os.replace(tmp_out, args.out)
+    from transcribe.runs import atomic_write
+    atomic_write(args.out, lambda f: sheet.save(f, format="PNG"))
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}): {len(fake)} synthetic | {len(real)} real crops")
     return 0
 

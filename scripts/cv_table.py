@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from transcribe import evaluation, transfer
+from transcribe import predictions, transfer
 
 
 def main() -> int:
@@ -34,17 +34,17 @@ def main() -> int:
         name, _, rest = item.partition("=")
         path, _, key = rest.partition(":")
         specs.append((name, Path(path), key or "confidence"))
-    first = evaluation.read_predictions(specs[0][1])
+    first = predictions.read_predictions(specs[0][1])
     order = [str(Path(r["image"]).resolve()) for r in first]
     folds = transfer.folds_of(len(order), args.folds, args.seed)
     keep = None
     if args.subset:
-        keep = {str(Path(r["image"]).resolve()) for r in evaluation.read_predictions(args.subset)}
+        keep = {str(Path(r["image"]).resolve()) for r in predictions.read_predictions(args.subset)}
     table = []
     print("| system | confidence | photos | sequence accuracy | coverage at 98% (out-of-sample thresholds) | best coverage |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, path, key in specs:
-        rows = {str(Path(r["image"]).resolve()): r for r in evaluation.read_predictions(path)}
+        rows = {str(Path(r["image"]).resolve()): r for r in predictions.read_predictions(path)}
         if set(rows) != set(order):
             raise SystemExit(f"{path}: holds other photos than {specs[0][1]}")
         ordered = [rows[i] for i in order]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from transcribe import baseline
+from transcribe.studies import baseline
 
 # A toy recognizer alphabet: column 0 is the CTC blank, characters[i] is column i + 1.
 CHARS = ["1", "9", "l", "I", "１", "a"] + list("02345678")
@@ -123,13 +123,13 @@ def test_our_filter_decoding_equals_the_engines_own_text(svhn_fixtures):
 
 def test_baseline_command_on_real_photos_is_scored_like_a_model(svhn_fixtures, tmp_path):
     _rapidocr()
-    from transcribe import cli, evaluation, metrics
+    from transcribe import cli, metrics, predictions
     out = tmp_path / "run"
     assert cli.main(["baseline", "--split", str(svhn_fixtures / "train"), "--crop-widen", "1.0",
                      "--out", str(out)]) == 0
-    rows = evaluation.read_predictions(out / "predictions.jsonl")
+    rows = predictions.read_predictions(out / "predictions.jsonl")
     assert [r["file"] for r in rows] == ["1.png", "2.png", "3.png"]  # the trimmed .mat names 36 absent photos
-    assert set(rows[0]) == set(evaluation.PREDICTION_KEYS)
+    assert set(rows[0]) == set(predictions.PREDICTION_KEYS)
     one = rows[0]
     assert one["truth"] == "19" and one["pred"] == "19"  # the photo of "19" with its true boxes
     assert one["box"] == [246.0, 77.0, 173.0, 223.0]  # union of (246,77,81,219) and (323,81,96,219)

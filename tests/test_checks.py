@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from transcribe import checks, sequence
+from transcribe import sequence
+from transcribe.studies import checks
 from transcribe.model import PRESETS, build_model
 
 
@@ -103,7 +104,7 @@ def test_statistics_rows():
     dead = checks.activation_stats(model, x)
     assert dead.status == "warn" and max(s["dead"] for s in dead.detail["layers"].values()) == 1.0
     # a huge learning rate moves weights by far more than 10% per step
-    big = checks.update_ratios(build_model(PRESETS["tiny"]), x, lengths, digits,
+    big = checks.update_ratio_check(build_model(PRESETS["tiny"]), x, lengths, digits,
                                make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=100.0))
     assert big.status == "warn" and big.detail["outside"]
 

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from transcribe import cli, compare
+from transcribe import cli
+from transcribe.studies import compare
 
 
 def _row(image, truth, pred, conf):

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from transcribe import svhn
+from transcribe import fetch, svhn
 from transcribe.cli import main
 
 
@@ -91,7 +91,7 @@ def test_svhn_fetches_then_caches_each_split(tmp_path, capsys, monkeypatch):
         for s in splits:
             toy_folder(root / s, n=2)
 
-    monkeypatch.setattr(svhn, "fetch_svhn", fake_fetch, raising=False)  # svhn.fetch_svhn may not exist yet
+    monkeypatch.setattr(fetch, "fetch_svhn", fake_fetch)
     root = tmp_path / "svhn"
     assert data("svhn", "--root", root, "--splits", "train", "test", "--cache-dir", tmp_path / "c") == 0
     assert calls == [(str(root), ["train", "test"])]
@@ -102,7 +102,7 @@ def test_svhn_fetches_then_caches_each_split(tmp_path, capsys, monkeypatch):
     def failing_fetch(root, splits):
         raise svhn.DataError(f"{root}/train.tar.gz: truncated gzip stream")
 
-    monkeypatch.setattr(svhn, "fetch_svhn", failing_fetch)
+    monkeypatch.setattr(fetch, "fetch_svhn", failing_fetch)
     assert data("svhn", "--root", root) == 1
     assert "train.tar.gz: truncated gzip stream" in capsys.readouterr().err
 

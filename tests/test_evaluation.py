@@ -1,4 +1,4 @@
-"""evaluation.py end to end on a tiny run trained here on real SVHN photos: evaluate, predict."""
+"""evaluation.py and predict.py end to end on a tiny run trained here on real SVHN photos."""
 
 import csv
 import json
@@ -12,8 +12,10 @@ import pytest
 from conftest import SHARED_DATA
 from transcribe import crops, metrics, svhn
 from transcribe.cli import main
-from transcribe.evaluation import (evaluate, predict, predict_rows, read_predictions, read_threshold,
-                                   split_cache)
+from transcribe.evaluation import evaluate, predict_rows, split_cache
+from transcribe.predict import predict
+from transcribe.predictions import read_predictions
+from transcribe.runs import read_threshold
 
 N_TRAIN, N_TEST = 60, 12
 
@@ -91,7 +93,7 @@ def test_evaluate_val_then_test_reuses_the_validation_threshold(tiny_run, capsys
 
 def test_predict_rows_match_the_cache_and_predict_on_the_full_photo(tiny_run):
     """A full photo + its number box through `predict` gives exactly the cache row's prediction."""
-    from transcribe.evaluation import load_run
+    from transcribe.runs import load_run
     run, root, records = tiny_run
     if read_threshold(run) is None:
         evaluate(run, "val", gallery_n=2)

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from transcribe import methodology as M
+from transcribe import runs
+from transcribe.studies import methodology as M
 
 SIZES = np.array([125, 250, 500, 1000, 2000], dtype=float)
 
@@ -89,11 +90,11 @@ def test_run_errors_reads_best_and_last_rows(tmp_path):
             dict(step=30, epoch=2, lr=0.1, train_loss=1.0, train_seq_acc=0.9, train_char_acc=0.9,
                  val_loss=3.0, val_seq_acc=0.5, val_char_acc=0.6, seconds=3.0)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    e = M.run_errors(M.read_metrics(tmp_path))
+    e = M.run_errors(runs.read_metrics(tmp_path))
     assert e["best"]["step"] == 20 and e["best"]["val_err"] == pytest.approx(0.4)
     assert e["last"]["train_err"] == pytest.approx(0.1) and not e["nonfinite"]
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
-        M.read_metrics(tmp_path / "nope")
+        runs.read_metrics(tmp_path / "nope")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from transcribe import metrics
-from transcribe.evaluation import read_predictions, write_predictions
+from transcribe.predictions import read_predictions, write_predictions
 
 # Ten validation photos, most confident first; P(S|X) kept off the 0.1 bin edges.
 #   k:        1    2    3    4    5    6    7    8    9    10

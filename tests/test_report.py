@@ -11,7 +11,7 @@ import pytest
 
 from transcribe import crops, metrics, report, svhn
 from transcribe.cli import main
-from transcribe.evaluation import write_predictions
+from transcribe.predictions import write_predictions
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from transcribe import search
+from transcribe.studies import search
 from transcribe.dataset import DataConfig
 from transcribe.model import PRESETS
 from transcribe.training import TrainConfig

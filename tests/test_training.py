@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from transcribe import config as configlib
-from transcribe import dataset, svhn, training
+from transcribe import cli, dataset, runs, svhn, training
 from transcribe.model import PRESETS, build_model
 from transcribe.training import TrainConfig, get_lr
 
@@ -149,10 +149,10 @@ def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
     assert best["metrics"]["val_seq_acc"] == max(x["val_seq_acc"] for x in r)
 
     # round trip: the reloaded model reproduces the validation numbers measured in training
-    model, ckpt = training.load_checkpoint(out / "ckpt-last.pt")
+    model, ckpt = runs.load_checkpoint(out / "ckpt-last.pt")
     _, val = dataset.load_splits(data_cfg, progress=False)
     t = lambda a: torch.as_tensor(a)  # noqa: E731
-    again = training.evaluate(model, t(val.images), t(val.lengths), t(val.digits), data_cfg.crop,
+    again = training.loss_and_accuracy(model, t(val.images), t(val.lengths), t(val.digits), data_cfg.crop,
                               model_cfg.head, training.contextlib.nullcontext, False)
     assert again["loss"] == pytest.approx(r[-1]["val_loss"], rel=1e-5)
     assert again["seq_acc"] == r[-1]["val_seq_acc"] and again["char_acc"] == r[-1]["val_char_acc"]
@@ -263,7 +263,7 @@ def test_init_copies_weights(tiny_cache, tmp_path):
 def test_cli_config_file_then_flags(tiny_cache, tmp_path):
     import argparse
     parser = argparse.ArgumentParser()
-    training.add_train_arguments(parser)
+    cli.add_train_arguments(parser)
     conf = tmp_path / "best.json"
     conf.write_text(json.dumps({"model": configlib.to_dict(PRESETS["tiny"]) | {"dropout": 0.3},
                                 "data": {"train": [str(tiny_cache)], "val_size": 16},
@@ -295,7 +295,7 @@ def test_torchrun_two_processes_match_one(tiny_cache, tmp_path):
     """
     model_cfg, data_cfg, cfg = configs(tiny_cache, tmp_path / "one", steps=4, eval_every=4, accum=2, hist_every=0)
     conf = tmp_path / "config.json"  # the same settings reach torchrun through --config
-    configlib.save_json({"model": model_cfg, "data": data_cfg, "train": cfg}, conf)
+    runs.save_json({"model": model_cfg, "data": data_cfg, "train": cfg}, conf)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     torchrun = str(Path(sys.executable).parent / "torchrun")
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "train.py", "--config", str(conf),
@@ -304,7 +304,7 @@ def test_torchrun_two_processes_match_one(tiny_cache, tmp_path):
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
     training.train(model_cfg, data_cfg, cfg)
     a, b = weights(tmp_path / "two" / "ckpt-last.pt"), weights(tmp_path / "one" / "ckpt-last.pt")
-    params = [n for n, _ in training.load_checkpoint(tmp_path / "one" / "ckpt-last.pt")[0].named_parameters()]
+    params = [n for n, _ in runs.load_checkpoint(tmp_path / "one" / "ckpt-last.pt")[0].named_parameters()]
     # Bit for bit: DDP averages g0/2 + g1/2, the single process accumulates (loss0/2)' + (loss1/2)';
     # halving is exact in floating point and a sum of two is commutative. (With --accum 1, batch
     # norm over all 16 images, the weights differ by ~1e-2 after these 4 steps.)
@@ -323,4 +323,10 @@ def test_unreadable_checkpoint_is_named(tiny_cache, tmp_path):
     with pytest.raises(ValueError, match=r"bad/ckpt-last\.pt: not a readable transcribe checkpoint"):
         training.train(model_cfg, data_cfg, cfg)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
-        training.load_checkpoint(tmp_path / "nowhere.pt")
+        runs.load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_model_input_and_data_crop_must_agree(tmp_path):
+    from dataclasses import replace
+    with pytest.raises(ValueError, match=r"in_size \(40\) differs from the data's crop \(54\)"):
+        training.train(replace(PRESETS["tiny"], in_size=40), dataset.DataConfig(), TrainConfig(out=str(tmp_path)))

@@ -52,7 +52,7 @@ def test_fold_summary_reports_mean_and_spread():
 def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path):
     pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
     pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
-    from transcribe import cli, evaluation, svhn
+    from transcribe import cli, predictions, svhn
     folder = tmp_path / "train"
     folder.mkdir()
     real = svhn.read_split(svhn_fixtures / "train").records
@@ -65,7 +65,7 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
                      "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
-    rows = evaluation.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
+    rows = predictions.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
     assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(12))  # each photo once
     assert {r["fold"] for r in rows} == {0, 1, 2}
     assert all(r["confidence"] <= 0 for r in rows)

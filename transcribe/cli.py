@@ -1,17 +1,24 @@
 """The `transcribe` command line.
 
-`transcribe --help` answers at once: this module imports only the standard library, and
-each subcommand's module (which may import torch) is imported only when that subcommand
-runs. A command's module provides `add_<name>_arguments(parser)` and `run_<name>(args)`,
-where <name> is the command with '-' replaced by '_'.
+`transcribe --help` and `transcribe COMMAND --help` answer at once: this module imports only
+the standard library and config.py (the frozen configurations the flags are derived from),
+and a command's module, which imports torch at its top, is imported only when the command
+runs. The flags of the core commands (data, train, evaluate, gallery, predict) are defined
+here, as `add_<name>_arguments(parser)`, and each module provides `run_<name>(args)`, where
+<name> is the command with '-' replaced by '_'. A study tool (transcribe/studies/) defines
+its own `add_<name>_arguments` and imports the core inside its functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
+import pathlib
 import sys
+
+from transcribe import config as C
 
 # command -> (module that owns it, one-line help). Order is the order of a user's path.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,16 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("transcribe.training", "train a model; writes a run folder"),
     "evaluate": ("transcribe.evaluation", "write a predictions file and the accuracy-vs-coverage report"),
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
-    "predict": ("transcribe.evaluation", "read the number in photos, or refer them to a human"),
-    "compare": ("transcribe.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
+    "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
+    "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
-    "baseline": ("transcribe.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
-    "learning-curve": ("transcribe.methodology", "error against training-set size, with a power-law fit"),
-    "diagnose": ("transcribe.methodology", "name the regime of a run: underfitting, overfitting or a defect"),
-    "lr-sweep": ("transcribe.methodology", "training error against learning rate on a log grid"),
-    "search": ("transcribe.search", "hyperparameter search with Optuna (random, grid or TPE)"),
-    "check": ("transcribe.checks", "the chapter's debugging checks as a pass/fail table"),
-    "bench": ("transcribe.bench", "training, inference and loader throughput on this machine"),
+    "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
+    "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
+    "diagnose": ("transcribe.studies.methodology", "name the regime of a run: underfitting, overfitting or a defect"),
+    "lr-sweep": ("transcribe.studies.methodology", "training error against learning rate on a log grid"),
+    "search": ("transcribe.studies.search", "hyperparameter search with Optuna (random, grid or TPE)"),
+    "check": ("transcribe.studies.checks", "the chapter's debugging checks as a pass/fail table"),
+    "bench": ("transcribe.studies.bench", "training, inference and loader throughput on this machine"),
 }
 
 
@@ -46,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv[:1] or ["--help"])  # prints help or a clear 'invalid choice' error
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
     fn = name.replace("-", "_")
     sub = argparse.ArgumentParser(prog=f"transcribe {name}", description=COMMANDS[name][1])
-    getattr(module, f"add_{fn}_arguments")(sub)
+    add_arguments(name)(sub)
     args = sub.parse_args(rest)
     try:
-        result = getattr(module, f"run_{fn}")(args)
+        result = getattr(importlib.import_module(COMMANDS[name][0]), f"run_{fn}")(args)
     except KeyboardInterrupt:
         print(f"transcribe {name}: interrupted", file=sys.stderr)
         return 130
@@ -64,10 +70,105 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def add_arguments(name: str):
+    """The function that adds command `name`'s flags: defined here for a core command, in its
+    module for a study tool."""
+    fn = f"add_{name.replace('-', '_')}_arguments"
+    return globals().get(fn) or getattr(importlib.import_module(COMMANDS[name][0]), fn)
+
+
 def _is_user_error(err: BaseException) -> bool:
     """Errors about the user's input (files, values), as opposed to bugs, which keep their traceback.
     Set TRANSCRIBE_DEBUG=1 to see the traceback of these too."""
     return isinstance(err, (OSError, ValueError)) or type(err).__name__ == "DataError"
+
+
+# ---------------------------------------------------------------- the core commands' flags
+
+DATA_FORMS = """    transcribe data svhn [--root data/svhn] [--splits train test extra]
+        download + extract the official archives (fetch.fetch_svhn), then cache each split
+    transcribe data synth --n N [--out data/synth/train] [--seed S]
+        write N synthetic house-number photos in format 1 (synth.generate)
+    transcribe data FOLDER [--widen 1.3] [--val-fraction 0.1] [--strict]
+        build (or reuse) the cache of a format-1 folder and print what is in it:
+        counts, length histogram, validation split sizes, what was skipped and why
+    transcribe data CACHE.h5
+        print the summary stored in an existing cache"""
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "forms:\n" + DATA_FORMS
+    parser.add_argument("target", metavar="svhn|synth|FOLDER|CACHE.h5",
+                        help="'svhn' (download the official data), 'synth' (generate photos), a format-1 "
+                             "folder to cache (write ./svhn for a folder named svhn), or a cache to describe")
+    svhn_group = parser.add_argument_group("svhn")
+    svhn_group.add_argument("--root", default=C.DEFAULT_SVHN_ROOT, help="where the splits are extracted (default: %(default)s)")
+    svhn_group.add_argument("--splits", nargs="+", default=list(C.SVHN_SPLITS), choices=C.SVHN_SPLITS,
+                            help="which archives to fetch and cache (default: %(default)s; extra is 202,353 photos)")
+    synth_group = parser.add_argument_group("synth")
+    synth_group.add_argument("--n", type=int, default=None, help="number of photos to generate (required)")
+    synth_group.add_argument("--out", default=C.DEFAULT_SYNTH_OUT, help="format-1 folder to write (default: %(default)s)")
+    cache_group = parser.add_argument_group("cache")
+    cache_group.add_argument("--strict", action="store_true", help="any problem in the data is an error")
+    cache_group.add_argument("--workers", type=int, default=None,
+                             help=f"processes decoding photos (default: {C.CACHE_WORKERS} for splits of {C.PARALLEL_FROM:,}+ photos, else 0)")
+    # --widen, --size, --val-fraction, --val-size, --seed, --cache-dir come from DataConfig,
+    # so the defaults printed here are the ones training uses. For synth, --seed seeds the generator.
+    C.add_dataclass_arguments(parser, C.DataConfig, skip=("train", "crop", "train_size"))
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE.json",
+                        help='start from {"model": ..., "data": ..., "train": ...} (e.g. the best '
+                             'configuration a search wrote); flags given here override it')
+    parser.epilog = ("Model flags override single fields of the --preset model (their defaults shown are "
+                     "ModelConfig's). Training resumes when --out holds ckpt-last.pt; its stored settings "
+                     "are then the defaults.")
+    model_clash, data_clash = C.flag_collisions()
+    C.add_dataclass_arguments(parser, C.TrainConfig)
+    C.add_dataclass_arguments(parser, C.ModelConfig, skip=tuple(model_clash))
+    if model_clash:
+        C.add_dataclass_arguments(parser, C.ModelConfig, prefix="model_", skip=tuple(
+            f.name for f in dataclasses.fields(C.ModelConfig) if f.name not in model_clash))
+    C.add_dataclass_arguments(parser, C.DataConfig, skip=tuple(data_clash))
+    if data_clash:
+        C.add_dataclass_arguments(parser, C.DataConfig, prefix="data_", skip=tuple(
+            f.name for f in dataclasses.fields(C.DataConfig) if f.name not in data_clash))
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=pathlib.Path, help="run folder (holds config.json, ckpt-best.pt, ckpt-last.pt)")
+    parser.add_argument("--split", default="val",
+                        help="val (the run's validation split: chooses the refusal threshold), test (the "
+                             "'test' folder beside the run's first training folder) or PATH (a format-1 "
+                             "folder or .h5 cache); default: val")
+    parser.add_argument("--target", type=float, default=C.TARGET,
+                        help=f"accuracy the accepted transcriptions must reach (default: {C.TARGET}, human level)")
+    parser.add_argument("--checkpoint", choices=C.CHECKPOINTS, default="best", help="which checkpoint (default: best)")
+    parser.add_argument("--n", type=int, default=C.GALLERY_N, help=f"photos per gallery section (default: {C.GALLERY_N})")
+
+
+def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("predictions", type=pathlib.Path, help="a predictions.jsonl file (any split, any system)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="folder for gallery.html and mistakes.png (default: beside the predictions file)")
+    parser.add_argument("--n", type=int, default=C.GALLERY_N, help=f"photos per section (default: {C.GALLERY_N})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random sample (default: 0)")
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=pathlib.Path,
+                        help="photos, or folders (every image in them; the answer is then a CSV)")
+    parser.add_argument("--box", default=None, metavar="L,T,W,H",
+                        help="the number's box in the photo (pixels); it is widened by the run's factor "
+                             "(write --box=-3,... when left is negative). Without it each image is taken "
+                             "as an already cropped number")
+    parser.add_argument("--run", type=pathlib.Path, default=pathlib.Path(C.DEFAULT_RUN),
+                        help=f"run folder with ckpt-*.pt and threshold.json (default: {C.DEFAULT_RUN})")
+    parser.add_argument("--csv", type=pathlib.Path, default=None, metavar="OUT",
+                        help="write file, transcription (empty when referred), confidence, log_confidence, "
+                             "decision to OUT")
 
 
 if __name__ == "__main__":

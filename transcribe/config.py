@@ -1,22 +1,204 @@
-"""Frozen configuration dataclasses <-> command-line flags <-> JSON.
+"""Every shared constant, and the frozen configurations <-> command-line flags <-> JSON.
 
 Every configuration in transcribe is a `@dataclass(frozen=True)`; flags are derived from
 its fields (so a flag cannot drift from the field it sets), and it is saved as JSON in
 each run folder and checkpoint so a run can be rebuilt from its folder alone.
-Only the standard library is imported here.
+It also owns every constant that more than one module needs, defined once with its
+derivation: the other modules import them from here. Only the standard library is imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# ---------------------------------------------------------------- shared constants
+# Goodfellow et al. 2014, sec. 5.1: at most five digits; SVHN's train split has one number
+# (of 33,402) with more, excluded from the usable records and counted (svhn.py).
+MAX_DIGITS = 5
+N_DIGIT_CLASSES = 10  # 0-9
+BLANK = 10            # the ad-hoc `blank` head's 11th digit class: "no digit here"
+# sec. 5.1: "expand this bounding box by 30% in both the x and the y direction, crop the image
+# to that bounding box and resize the crop to 64 x 64 pixels", then a random 54 x 54 crop.
+WIDEN = 1.3           # scale of the number's box about its centre
+CACHE_SIZE = 64       # side of the stored crop (pixels)
+INPUT_SIZE = 54       # side of the random (train) / centre (eval) crop fed to the network
+# Human-level transcription accuracy: the accepted photos must reach it (sec. 5; DL book 11.1).
+TARGET = 0.98
+
+
+# ---------------------------------------------------------------- run folders and reports
+CHECKPOINTS = ("best", "last")  # RUN/ckpt-<name>.pt, the --checkpoint choices
+DEFAULT_RUN = "runs/svhn"       # the Makefile's RUN: where `transcribe predict` looks by default
+GALLERY_N = 50                  # photos per gallery section
+# `transcribe data`
+SVHN_SPLITS = ("train", "test", "extra")  # the official format-1 archives
+DEFAULT_SVHN_ROOT = "data/svhn"
+DEFAULT_SYNTH_OUT = "data/synth/train"
+# Decoding+cropping runs in a pool of CACHE_WORKERS processes for splits of PARALLEL_FROM photos
+# or more. Measured on the 2,000-photo sample (2-core machine shared with other jobs, so noisy):
+# build 1.2-1.7 s in-process vs 0.8-1.3 s with 2 workers (dataset.build_cache).
+PARALLEL_FROM = 1000
+CACHE_WORKERS = 2
+
+
+# ---------------------------------------------------------------- the frozen configurations
+# Flags are derived from the fields (add_dataclass_arguments below), so a flag cannot drift
+# from the field it sets; each is saved in the run folder and in every checkpoint.
+# model.py builds the network from ModelConfig, dataset.py the caches and splits from
+# DataConfig/CacheConfig, training.py the run from TrainConfig.
+
+HEADS = ("sequence", "blank")
+
+
+def _f(default, help, **extra):  # a dataclass field whose flag help lives beside it
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # convolutional trunk: one entry per conv layer
+    widths: tuple[int, ...] = field(default=(48, 64, 128, 160, 192, 192, 192, 192),
+                                    metadata={"help": "output channels of each conv layer"})
+    kernel: int = field(default=5, metadata={"help": "conv kernel size (odd; 'same' padding)"})
+    pool_strides: tuple[int, ...] = field(default=(2, 1, 2, 1, 2, 1, 2, 1),
+                                          metadata={"help": "stride of the 2x2 max-pool after each conv "
+                                                            "(2 halves the map, 1 keeps it; one per layer)"})
+    maxout_first: bool = field(default=True, metadata={"help": "first layer uses maxout units (paper: 3 pieces)"})
+    maxout_pieces: int = field(default=3, metadata={"help": "pieces per maxout unit"})
+    batch_norm: bool = field(default=True, metadata={"help": "batch norm after every conv and hidden FC layer"})
+    # fully connected part and outputs
+    fc: tuple[int, ...] = field(default=(3072, 3072), metadata={"help": "hidden sizes of the FC layers"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout rate after every hidden layer"})
+    head: str = field(default="sequence", metadata={"help": "sequence: 10-way digits + length (paper); "
+                                                            "blank: 11-way digits, 10 = blank (ad-hoc baseline)",
+                                                    "choices": HEADS})
+    # Stored so a checkpoint describes itself; not a flag: the labels, the cache and the decoder
+    # all have config.MAX_DIGITS positions, so any other value is refused below.
+    max_digits: int = field(default=MAX_DIGITS, metadata={"help": "digit positions N", "flag": False})
+    in_size: int = field(default=INPUT_SIZE, metadata={"help": "input crop size (pixels)"})
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.pool_strides):
+            raise ValueError(f"ModelConfig: {len(self.widths)} widths but {len(self.pool_strides)} pool_strides")
+        if any(s not in (1, 2) for s in self.pool_strides):
+            raise ValueError(f"ModelConfig: pool_strides must be 1 or 2, got {self.pool_strides}")
+        if self.kernel % 2 != 1:
+            raise ValueError(f"ModelConfig: kernel must be odd for 'same' padding, got {self.kernel}")
+        if self.head not in HEADS:
+            raise ValueError(f"ModelConfig: head must be one of {HEADS}, got {self.head!r}")
+        if self.max_digits != MAX_DIGITS:
+            raise ValueError(f"ModelConfig: max_digits must be {MAX_DIGITS} (config.MAX_DIGITS), got {self.max_digits}")
+        if self.maxout_pieces < 1:
+            raise ValueError("ModelConfig: maxout_pieces must be >= 1")
+
+    @property
+    def n_length_classes(self) -> int:
+        return self.max_digits + 2  # 0..N and '>N'
+
+    @property
+    def n_digit_classes(self) -> int:
+        return N_DIGIT_CLASSES + (1 if self.head == "blank" else 0)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # What a cache's crops depend on (its file name and stored attributes record both).
+    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre (1.3 = 30%% larger)"})
+    size: int = field(default=CACHE_SIZE, metadata={"help": "side of the stored square crop, pixels"})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Sources: format-1 folders (or existing .h5 caches) concatenated into one training pool.
+    train: tuple[str, ...] = field(default=("data/synth/train",), metadata={"help": "format-1 folders or .h5 caches to train on"})
+    # Validation is held out of that pool, deterministically from `seed`.
+    val_fraction: float = field(default=0.1, metadata={"help": "fraction of the pool held out for validation"})
+    val_size: int = field(default=0, metadata={"help": "if > 0, hold out exactly this many (full SVHN: 6000 from train+extra) instead of the fraction"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    # Learning curves (DL book ch. 11): train on the first train_size of one seeded order of the
+    # training side; the validation side is unchanged and smaller sizes are subsets of larger ones.
+    train_size: int = field(default=0, metadata={"help": "if > 0, train on only this many photos of the training side"})
+    # Extra photos for the training side only, never validated on: synthetic photos mixed into a
+    # small real set regularize it while validation stays purely real.
+    mix: tuple[str, ...] = field(default=(), metadata={"help": "format-1 folders or .h5 caches added to the training side only (never to validation)"})
+    mix_size: int = field(default=0, metadata={"help": "if > 0, add only this many (seeded choice) of the --mix photos"})
+    # Crops (Goodfellow et al. 2014, sec. 5.1).
+    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre"})
+    size: int = field(default=CACHE_SIZE, metadata={"help": "side of the cached crop, pixels"})
+    crop: int = field(default=INPUT_SIZE, metadata={"help": "side of the random (train) / centre (eval) crop fed to the network"})
+    cache_dir: str = field(default="data/cache", metadata={"help": "where the .h5 caches are written"})
+
+    @property
+    def cache(self) -> CacheConfig:
+        return CacheConfig(widen=self.widen, size=self.size)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # where and what
+    out: str = _f("runs/train", "run folder; training resumes if it holds ckpt-last.pt")
+    preset: str = _f("cpu", "model preset from model.PRESETS, before model flag overrides")
+    init: str = _f("", "checkpoint whose weights start a new run (e.g. synthetic pretraining)")
+    # optimisation
+    steps: int = _f(3000, "optimizer steps in total")
+    batch_size: int = _f(64, "images per step, over all processes (the global batch)")
+    accum: int = _f(1, "micro-batches per process per step (gradient accumulation); batch "
+                       "norm sees batch_size/(processes*accum) images at a time")
+    optimizer: str = _f("sgd", "sgd (with momentum) or adam (AdamW)", choices=("sgd", "adam"))
+    lr: float = _f(0.05, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum (adam: beta1)")
+    weight_decay: float = _f(5e-4, "L2 weight decay on weights (not on biases and norms)")
+    schedule: str = _f("linear", "linear (decay to lr_floor), exp (geometric decay to lr_floor), "
+                                 "plateau (halve after plateau_patience evaluations without a "
+                                 "better validation sequence accuracy), const",
+                       choices=("linear", "exp", "plateau", "const"))
+    lr_floor: float = _f(1e-4, "learning rate at the last step for linear/exp schedules")
+    warmup: int = _f(0, "steps of linear warm-up from 0 to lr")
+    plateau_patience: int = _f(3, "plateau schedule: evaluations without improvement before halving lr")
+    grad_clip: float = _f(5.0, "clip the global gradient norm to this (0 = off)")
+    # evaluation, early stopping, budget
+    eval_every: int = _f(200, "steps between evaluations, checkpoints and log lines")
+    eval_limit: int = _f(1000, "images evaluated per split at each evaluation (0 = all)")
+    patience: int = _f(0, "stop after this many evaluations without a better validation "
+                          "sequence accuracy (0 = never)")
+    max_seconds: float = _f(0.0, "wall-clock budget in seconds including resumed time (0 = none)")
+    # reproducibility and hardware
+    seed: int = _f(0, "seed of weights, batch order, crops and dropout")
+    deterministic: bool = _f(False, "deterministic algorithms (and 1 thread unless --threads)")
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    device: str = _f("auto", "auto (cuda if present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    compile: bool = _f(False, "torch.compile the model (CUDA)")
+    amp: str = _f("auto", "autocast: auto = bf16 on CUDA, off on CPU (bf16 is slower there)",
+                  choices=("auto", "bf16", "off"))
+    # instruments
+    hist_every: int = _f(500, "steps between histograms and update ratios in TensorBoard (0 = off)")
+    progress: bool = _f(True, "tqdm progress bar (only shown on a terminal)")
+
+    def __post_init__(self):
+        positive = ("batch_size", "accum", "eval_every", "plateau_patience")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("steps", "lr", "warmup", "grad_clip", "eval_limit",
+                                                     "patience", "max_seconds", "threads", "hist_every",
+                                                     "weight_decay") if getattr(self, k) < 0]
+        if self.schedule == "exp" and self.lr_floor <= 0:
+            bad.append(f"lr_floor={self.lr_floor} (the exp schedule needs > 0)")
+        if bad:
+            raise ValueError(f"TrainConfig: invalid {', '.join(bad)}")
+
+
+# Fields of TrainConfig that may change when a run is resumed: they do not alter the
+# trajectory of the weights (or only end it earlier/later). Anything else must match.
+RESUMABLE_CHANGES = ("out", "steps", "max_seconds", "progress", "threads", "device", "compile",
+                     "hist_every", "patience", "init", "deterministic")
+
+
+# ---------------------------------------------------------------- dataclass <-> flags <-> JSON
 
 def _field_type(cls: type, field: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
@@ -40,7 +222,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     """
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or not f.metadata.get("flag", True):
             continue
         typ = _field_type(cls, f)
         origin = typing.get_origin(typ)
@@ -96,11 +278,10 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**out)
 
 
-def save_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename), dataclasses converted."""
-    path = Path(path)
-    data = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in obj.items()} \
-        if isinstance(obj, dict) else to_dict(obj)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+def flag_collisions() -> tuple[set[str], set[str]]:
+    """Field names ModelConfig shares with TrainConfig or DataConfig, and DataConfig with
+    TrainConfig: their flags get a 'model-'/'data-' prefix (`transcribe train`)."""
+    t = {f.name for f in dataclasses.fields(TrainConfig)}
+    m = {f.name for f in dataclasses.fields(ModelConfig)}
+    d = {f.name for f in dataclasses.fields(DataConfig)}
+    return m & (t | d), d & t

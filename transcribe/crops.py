@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from transcribe.config import CACHE_SIZE, WIDEN
+
 Box = tuple[float, float, float, float]  # (left, top, width, height), photo pixels
 
-WIDEN = 1.3  # Goodfellow et al. 2014, sec. 5.1: expand the number's box by 30% in x and y
-SIZE = 64    # ... and resize the crop to 64 x 64
 
 
 def number_box(boxes: Sequence[Sequence[float]]) -> Box:
@@ -49,7 +49,7 @@ def _pixel_range(start: float, length: float) -> tuple[int, int]:
     return a, max(b, a + 1)
 
 
-def crop(image: np.ndarray, box: Sequence[float], size: int = SIZE) -> np.ndarray:
+def crop(image: np.ndarray, box: Sequence[float], size: int = CACHE_SIZE) -> np.ndarray:
     """Cut `box` out of `image` (H, W, 3) uint8 and resize it to (size, size, 3) uint8.
 
     Where the box leaves the photo (official SVHN boxes sometimes reach a few pixels
@@ -81,7 +81,7 @@ def crop(image: np.ndarray, box: Sequence[float], size: int = SIZE) -> np.ndarra
 
 
 def crop_number(image: np.ndarray, boxes: Sequence[Sequence[float]], factor: float = WIDEN,
-                size: int = SIZE) -> tuple[np.ndarray, Box]:
+                size: int = CACHE_SIZE) -> tuple[np.ndarray, Box]:
     """The whole sec. 5.1 recipe: union of digit boxes, widened, cropped. Returns (crop, crop box)."""
     box = widen(number_box(boxes), factor)
     return crop(image, box, size), box

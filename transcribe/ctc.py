@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .svhn import MAX_DIGITS
+from .config import MAX_DIGITS
 
 BLANK = 0
 BEAM = 8

@@ -1,14 +1,9 @@
 """`transcribe data`: get photos in format 1 and build their preprocessed caches.
 
-    transcribe data svhn [--root data/svhn] [--splits train test extra]
-        download + extract the official archives (svhn.fetch_svhn), then cache each split
-    transcribe data synth --n N [--out data/synth/train] [--seed S]
-        write N synthetic house-number photos in format 1 (synth.generate)
-    transcribe data FOLDER [--widen 1.3] [--val-fraction 0.1] [--strict]
-        build (or reuse) the cache of a format-1 folder and print what is in it:
-        counts, length histogram, validation split sizes, what was skipped and why
-    transcribe data CACHE.h5
-        print the summary stored in an existing cache
+Four forms (listed by `transcribe data --help`; the flags are defined in cli.py): `svhn`
+downloads the official archives (fetch.py) and caches each split, `synth` writes synthetic
+photos (synth.py), a format-1 FOLDER is cached (dataset.build_cache) and described: counts,
+length histogram, validation split sizes, what was skipped and why; a CACHE.h5 is described.
 
 Errors in the data (DataError) end the command with a one-line message and exit status 1.
 """
@@ -21,38 +16,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from transcribe import svhn
-from transcribe.config import add_dataclass_arguments, from_args
-from transcribe.dataset import (PARALLEL_FROM, WORKERS, CacheConfig, DataConfig, build_cache, cache_path, load_summary,
+from transcribe import fetch, svhn, synth
+from transcribe.config import from_args
+from transcribe.dataset import (CacheConfig, DataConfig, build_cache, cache_path, load_summary,
                                 validation_size)
 
-SPLITS = ("train", "test", "extra")  # the official format-1 archives
-DEFAULT_SVHN_ROOT = "data/svhn"
-DEFAULT_SYNTH_OUT = "data/synth/train"
 EXAMPLES = 5  # files listed per kind of problem
 BAR = 40  # characters of the longest histogram bar
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "forms:\n" + __doc__.split("\n\n")[1]
-    parser.add_argument("target", metavar="svhn|synth|FOLDER|CACHE.h5",
-                        help="'svhn' (download the official data), 'synth' (generate photos), a format-1 "
-                             "folder to cache (write ./svhn for a folder named svhn), or a cache to describe")
-    svhn_group = parser.add_argument_group("svhn")
-    svhn_group.add_argument("--root", default=DEFAULT_SVHN_ROOT, help="where the splits are extracted (default: %(default)s)")
-    svhn_group.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
-                            help="which archives to fetch and cache (default: %(default)s; extra is 202,353 photos)")
-    synth_group = parser.add_argument_group("synth")
-    synth_group.add_argument("--n", type=int, default=None, help="number of photos to generate (required)")
-    synth_group.add_argument("--out", default=DEFAULT_SYNTH_OUT, help="format-1 folder to write (default: %(default)s)")
-    cache_group = parser.add_argument_group("cache")
-    cache_group.add_argument("--strict", action="store_true", help="any problem in the data is an error")
-    cache_group.add_argument("--workers", type=int, default=None,
-                             help=f"processes decoding photos (default: {WORKERS} for splits of {PARALLEL_FROM:,}+ photos, else 0)")
-    # --widen, --size, --val-fraction, --val-size, --seed, --cache-dir come from DataConfig,
-    # so the defaults printed here are the ones training uses. For synth, --seed seeds the generator.
-    add_dataclass_arguments(parser, DataConfig, skip=("train", "crop", "train_size"))
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -74,7 +44,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 def _run_svhn(args: argparse.Namespace) -> int:
     root = Path(args.root)
     start = time.perf_counter()
-    svhn.fetch_svhn(root, list(args.splits))
+    fetch.fetch_svhn(root, list(args.splits))
     print(f"fetched {', '.join(args.splits)} into {root} in {time.perf_counter() - start:.0f} s")
     for split in args.splits:
         _describe_folder(root / split, _data_config(args), args.strict, args.workers)
@@ -85,7 +55,6 @@ def _run_synth(args: argparse.Namespace) -> int:
     if args.n is None or args.n <= 0:
         print("error: transcribe data synth needs --n N (a positive number of photos)", file=sys.stderr)
         return 2
-    from transcribe import synth
     seed = args.seed if args.seed is not None else 0
     start = time.perf_counter()
     synth.generate(args.out, args.n, seed, progress=True)

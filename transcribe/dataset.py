@@ -9,7 +9,6 @@ The file is reused while those parameters match and rebuilt when they do not.
 Batches follow Goodfellow et al. 2014, sec. 5.1: a random 54x54 crop of the 64x64 image
 during training (the centre crop at evaluation) and subtraction of each image's mean.
 They are cut from whole uint8 tensors with advanced indexing: no per-sample Python loop.
-torch is imported inside the batch functions only, so `transcribe data` stays light.
 """
 
 from __future__ import annotations
@@ -28,54 +27,18 @@ from typing import Any, Sequence
 
 import h5py
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from transcribe import crops, svhn
+from transcribe.config import CACHE_WORKERS, INPUT_SIZE, MAX_DIGITS, PARALLEL_FROM, CacheConfig, DataConfig
 
-MAX_DIGITS = svhn.MAX_DIGITS  # digit positions stored per row; -1 fills the unused ones
 CACHE_VERSION = 1  # bump when the crop/caching code changes what a cache holds: old caches rebuild
-# Decoding+cropping runs in a pool of WORKERS processes for splits of PARALLEL_FROM photos or
-# more. Measured on the 2,000-photo sample (2-core machine shared with other jobs, so noisy):
-# build 1.2-1.7 s in-process vs 0.8-1.3 s with 2 workers. Workers are spawned, not forked:
-# training calls this with torch (and its thread pools) loaded, which fork does not survive
-# reliably; spawning costs ~0.2 s.
-PARALLEL_FROM = 1000
-WORKERS = 2
+# Workers are spawned, not forked: training calls build_cache with torch (and its thread pools)
+# loaded, which fork does not survive reliably; spawning costs ~0.2 s.
 _START = "spawn"
 CHUNK = 32  # photos per task sent to a worker: few round trips, still a smooth progress bar
 PIXEL_SCALE = 255.0  # batches are (pixel - image mean) / 255: within [-1, 1], typically |x| < 0.5
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    # What a cache's crops depend on (its file name and stored attributes record both).
-    widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre (1.3 = 30%% larger)"})
-    size: int = field(default=crops.SIZE, metadata={"help": "side of the stored square crop, pixels"})
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    # Sources: format-1 folders (or existing .h5 caches) concatenated into one training pool.
-    train: tuple[str, ...] = field(default=("data/synth/train",), metadata={"help": "format-1 folders or .h5 caches to train on"})
-    # Validation is held out of that pool, deterministically from `seed`.
-    val_fraction: float = field(default=0.1, metadata={"help": "fraction of the pool held out for validation"})
-    val_size: int = field(default=0, metadata={"help": "if > 0, hold out exactly this many (full SVHN: 6000 from train+extra) instead of the fraction"})
-    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
-    # Learning curves (DL book ch. 11): train on the first train_size of one seeded order of the
-    # training side; the validation side is unchanged and smaller sizes are subsets of larger ones.
-    train_size: int = field(default=0, metadata={"help": "if > 0, train on only this many photos of the training side"})
-    # Extra photos for the training side only, never validated on: synthetic photos mixed into a
-    # small real set regularize it while validation stays purely real.
-    mix: tuple[str, ...] = field(default=(), metadata={"help": "format-1 folders or .h5 caches added to the training side only (never to validation)"})
-    mix_size: int = field(default=0, metadata={"help": "if > 0, add only this many (seeded choice) of the --mix photos"})
-    # Crops (Goodfellow et al. 2014, sec. 5.1).
-    widen: float = field(default=crops.WIDEN, metadata={"help": "scale of the number box about its centre"})
-    size: int = field(default=crops.SIZE, metadata={"help": "side of the cached crop, pixels"})
-    crop: int = field(default=54, metadata={"help": "side of the random (train) / centre (eval) crop fed to the network"})
-    cache_dir: str = field(default="data/cache", metadata={"help": "where the .h5 caches are written"})
-
-    @property
-    def cache(self) -> CacheConfig:
-        return CacheConfig(widen=self.widen, size=self.size)
 
 
 @dataclass
@@ -181,7 +144,7 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
     Problems are recorded, never silently dropped: those from svhn.read_split (missing
     image, too many digits, ...), photos that fail to decode (skipped), and boxes reaching
     outside the photo (noted, the photo is kept, crops pad). strict=True makes any problem
-    a DataError. `workers`: processes for decoding+cropping (None: WORKERS when the split
+    a DataError. `workers`: processes for decoding+cropping (None: CACHE_WORKERS when the split
     has PARALLEL_FROM photos or more, else 0 = in this process).
     """
     folder = Path(folder).resolve()
@@ -209,7 +172,7 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
     records = split.records
     n = len(records)
     if workers is None:
-        workers = WORKERS if n >= PARALLEL_FROM else 0
+        workers = CACHE_WORKERS if n >= PARALLEL_FROM else 0
     tasks = [(str(folder), r.file, tuple(tuple(float(v) for v in b) for b in r.boxes), float(cfg.widen),
               int(cfg.size)) for r in records]
 
@@ -228,7 +191,6 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
                 results = pool.imap(_crop_one, tasks, chunksize=CHUNK)
             else:
                 results = map(_crop_one, tasks)
-            from tqdm import tqdm
             row = 0
             for i, (out, box, skip, note) in enumerate(tqdm(results, total=n, desc=f"caching {folder.name}",
                                                             unit="img", disable=not progress, file=sys.stderr)):
@@ -379,14 +341,12 @@ def load_splits(cfg: DataConfig, strict: bool = False, progress: bool = True) ->
 
 def epoch_permutation(n: int, seed: int, epoch: int):
     """Order of the n training rows in `epoch`: a pure function of (n, seed, epoch). (n,) LongTensor."""
-    import torch
     g = torch.Generator().manual_seed(_mix(seed, epoch))
     return torch.randperm(n, generator=g)
 
 
 def batch_generator(seed: int, epoch: int, step: int):
     """The torch.Generator for the random crops of one step: a pure function of (seed, epoch, step)."""
-    import torch
     return torch.Generator().manual_seed(_mix(seed, epoch, step, 1))
 
 
@@ -396,7 +356,7 @@ def _mix(*values: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def prepare_batch(images, crop: int = 54, train: bool = True, generator=None):
+def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=None):
     """uint8 (B, S, S, 3) -> float32 (B, 3, crop, crop), ready for the network.
 
     train: a random crop per image (offsets drawn from `generator`, on the CPU, so the
@@ -404,7 +364,6 @@ def prepare_batch(images, crop: int = 54, train: bool = True, generator=None):
     Then each image's mean (over its pixels and channels) is subtracted (Goodfellow et al.
     2014, sec. 5.1) and the result divided by PIXEL_SCALE = 255, so values lie in [-1, 1].
     """
-    import torch
     images = torch.as_tensor(images)
     b, s = images.shape[0], images.shape[1]
     if images.ndim != 4 or images.shape[2] != s or images.shape[3] != 3 or not 0 < crop <= s:

@@ -40,7 +40,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-TARGET = 0.98        # human-level transcription accuracy (Goodfellow et al. 2014, sec. 5; book sec. 11.1)
+from transcribe.config import TARGET
+
 COVERAGE_GOAL = 0.95  # the Street View project's coverage goal at that accuracy (book sec. 11.1)
 ECE_BINS = 10         # equal-width bins of exp(confidence) over [0, 1]
 CURVE_POINTS = 501    # report.json keeps at most this many points of each curve
@@ -318,11 +319,13 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """0.9812 -> '98.12%'; None or NaN -> '–' (tables and headlines)."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
-def _num(x: float | None, fmt: str = ".4f") -> str:
+def num(x: float | None, fmt: str = ".4f") -> str:
+    """x formatted with fmt; None or NaN -> '–'."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
@@ -339,21 +342,21 @@ def to_markdown(rep: dict[str, Any], title: str = "Evaluation") -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| sequence accuracy (all photos) | {_pct(rep['sequence_accuracy'])} |",
-        f"| character accuracy (per position, over the longer string) | {_pct(rep['character_accuracy'])} |",
-        f"| coverage at {_pct(target)} accuracy, threshold {th['source']} | {_pct(th['coverage'])} "
-        f"(accuracy there {_pct(th['accuracy'])}) |",
-        f"| best achievable coverage at {_pct(target)} on this split (oracle threshold) | {_pct(best['coverage'])} |",
-        f"| accuracy at {_pct(rep['accuracy_at_coverage_goal']['coverage'])} coverage | "
-        f"{_pct(rep['accuracy_at_coverage_goal']['accuracy'])} |",
-        f"| area under the accuracy-coverage curve | {_num(rep['auc'])} |",
-        f"| expected calibration error of exp(confidence) | {_num(rep['calibration']['ece'])} |",
+        f"| sequence accuracy (all photos) | {pct(rep['sequence_accuracy'])} |",
+        f"| character accuracy (per position, over the longer string) | {pct(rep['character_accuracy'])} |",
+        f"| coverage at {pct(target)} accuracy, threshold {th['source']} | {pct(th['coverage'])} "
+        f"(accuracy there {pct(th['accuracy'])}) |",
+        f"| best achievable coverage at {pct(target)} on this split (oracle threshold) | {pct(best['coverage'])} |",
+        f"| accuracy at {pct(rep['accuracy_at_coverage_goal']['coverage'])} coverage | "
+        f"{pct(rep['accuracy_at_coverage_goal']['accuracy'])} |",
+        f"| area under the accuracy-coverage curve | {num(rep['auc'])} |",
+        f"| expected calibration error of exp(confidence) | {num(rep['calibration']['ece'])} |",
         "",
         "## Refusal threshold",
         "",
-        f"Accept when log P(S|X) >= {_num(th['value'])} ({th['source']}); otherwise refer the photo to a person.",
-        f"Accepted {th['accepted']} of {rep['n_scored']}: precision {_pct(th['precision'])}, "
-        f"recall {_pct(th['recall'])}, F1 {_num(th['f1'])} (positive = a correct transcription).",
+        f"Accept when log P(S|X) >= {num(th['value'])} ({th['source']}); otherwise refer the photo to a person.",
+        f"Accepted {th['accepted']} of {rep['n_scored']}: precision {pct(th['precision'])}, "
+        f"recall {pct(th['recall'])}, F1 {num(th['f1'])} (positive = a correct transcription).",
     ]
     if rep["adhoc"] is not None:
         a, p = rep["adhoc"], rep["principled"]
@@ -363,14 +366,14 @@ def to_markdown(rep: dict[str, Any], title: str = "Evaluation") -> str:
             "",
             "| confidence | AUC | best coverage at target |",
             "| --- | --- | --- |",
-            f"| log P(S\\|X) (principled) | {_num(p['auc'])} | {_pct(p['best_at_target']['coverage'])} |",
-            f"| log of the product of softmax maxima (ad hoc) | {_num(a['auc'])} | "
-            f"{_pct(a['best_at_target']['coverage'])} |",
+            f"| log P(S\\|X) (principled) | {num(p['auc'])} | {pct(p['best_at_target']['coverage'])} |",
+            f"| log of the product of softmax maxima (ad hoc) | {num(a['auc'])} | "
+            f"{pct(a['best_at_target']['coverage'])} |",
         ]
     lines += ["", "## Accuracy by true length", "", "| length | photos | accuracy |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {v['n']} | {_pct(v['accuracy'])} |" for k, v in rep["accuracy_by_length"].items()]
+    lines += [f"| {k} | {v['n']} | {pct(v['accuracy'])} |" for k, v in rep["accuracy_by_length"].items()]
     lines += ["", "## Calibration (reliability bins of exp(confidence))", "",
               "| bin | photos | mean confidence | accuracy |", "| --- | --- | --- | --- |"]
-    lines += [f"| {b['lo']:.1f}–{b['hi']:.1f} | {b['count']} | {_num(b['mean_confidence'], '.3f')} | "
-              f"{_num(b['accuracy'], '.3f')} |" for b in rep["calibration"]["bins"] if b["count"]]
+    lines += [f"| {b['lo']:.1f}–{b['hi']:.1f} | {b['count']} | {num(b['mean_confidence'], '.3f')} | "
+              f"{num(b['accuracy'], '.3f')} |" for b in rep["calibration"]["bins"] if b["count"]]
     return "\n".join(lines) + "\n"

@@ -14,62 +14,19 @@ What differs from the paper, and why:
   and the initial loss is log 7 + E[n] log 10 (tests/test_model.py checks it), while the
   backbone still receives a gradient from the first step (a zero init would block it).
 
+The configuration (ModelConfig) lives in config.py, so flags can be listed without torch.
 `forward` has no Python-side shape logic: every size is fixed in __init__, so torch.compile
 traces it without graph breaks, and it runs in channels_last and under bf16 autocast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import torch.nn as nn
+import torch.nn.functional as F
 
-MAX_DIGITS = 5          # positions; SVHN: one training image in 33,402 has more (Goodfellow et al. sec. 5.1)
-IN_SIZE = 54            # random 54x54 crop of the 64x64 cache image (sec. 5.1)
-N_DIGIT_CLASSES = 10    # 0-9
-BLANK = 10              # extra class of the ad-hoc `blank` head: "no digit here"
+from transcribe.config import ModelConfig
+
 HEAD_INIT_STD = 0.01    # output weights ~ N(0, (0.01)^2 / fan_in): logits ~ 1e-2, softmaxes ~ uniform
-HEADS = ("sequence", "blank")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    # convolutional trunk: one entry per conv layer
-    widths: tuple[int, ...] = field(default=(48, 64, 128, 160, 192, 192, 192, 192),
-                                    metadata={"help": "output channels of each conv layer"})
-    kernel: int = field(default=5, metadata={"help": "conv kernel size (odd; 'same' padding)"})
-    pool_strides: tuple[int, ...] = field(default=(2, 1, 2, 1, 2, 1, 2, 1),
-                                          metadata={"help": "stride of the 2x2 max-pool after each conv "
-                                                            "(2 halves the map, 1 keeps it; one per layer)"})
-    maxout_first: bool = field(default=True, metadata={"help": "first layer uses maxout units (paper: 3 pieces)"})
-    maxout_pieces: int = field(default=3, metadata={"help": "pieces per maxout unit"})
-    batch_norm: bool = field(default=True, metadata={"help": "batch norm after every conv and hidden FC layer"})
-    # fully connected part and outputs
-    fc: tuple[int, ...] = field(default=(3072, 3072), metadata={"help": "hidden sizes of the FC layers"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout rate after every hidden layer"})
-    head: str = field(default="sequence", metadata={"help": "sequence: 10-way digits + length (paper); "
-                                                            "blank: 11-way digits, 10 = blank (ad-hoc baseline)",
-                                                    "choices": HEADS})
-    max_digits: int = field(default=MAX_DIGITS, metadata={"help": "digit positions N"})
-    in_size: int = field(default=IN_SIZE, metadata={"help": "input crop size (pixels)"})
-
-    def __post_init__(self):
-        if len(self.widths) != len(self.pool_strides):
-            raise ValueError(f"ModelConfig: {len(self.widths)} widths but {len(self.pool_strides)} pool_strides")
-        if any(s not in (1, 2) for s in self.pool_strides):
-            raise ValueError(f"ModelConfig: pool_strides must be 1 or 2, got {self.pool_strides}")
-        if self.kernel % 2 != 1:
-            raise ValueError(f"ModelConfig: kernel must be odd for 'same' padding, got {self.kernel}")
-        if self.head not in HEADS:
-            raise ValueError(f"ModelConfig: head must be one of {HEADS}, got {self.head!r}")
-        if self.maxout_pieces < 1:
-            raise ValueError("ModelConfig: maxout_pieces must be >= 1")
-
-    @property
-    def n_length_classes(self) -> int:
-        return self.max_digits + 2  # 0..N and '>N'
-
-    @property
-    def n_digit_classes(self) -> int:
-        return N_DIGIT_CLASSES + (1 if self.head == "blank" else 0)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -93,97 +50,76 @@ def _pooled_size(size: int, stride: int) -> int:
 
 def build_model(cfg: ModelConfig):
     """A freshly initialized HouseNumberNet for `cfg` (float32, on the CPU)."""
-    return __getattr__("HouseNumberNet")(cfg)
+    return HouseNumberNet(cfg)
 
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _define():
-    """Define the nn.Module classes on first use, so importing this module does not import torch."""
-    import torch.nn as nn
-    import torch.nn.functional as F
+class ConvBlock(nn.Module):
+    """conv ('same') -> [BN] -> ReLU or maxout -> 2x2 max-pool (stride 1 or 2) -> dropout."""
 
-    class ConvBlock(nn.Module):
-        """conv ('same') -> [BN] -> ReLU or maxout -> 2x2 max-pool (stride 1 or 2) -> dropout."""
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, pieces: int, bn: bool, p: float):
+        super().__init__()
+        self.pieces = pieces  # 1 = ReLU unit, k > 1 = maxout over k linear pieces
+        self.conv = nn.Conv2d(c_in, c_out * pieces, kernel, padding=kernel // 2, bias=not bn)
+        self.bn = nn.BatchNorm2d(c_out * pieces) if bn else nn.Identity()
+        self.stride = stride
+        self.drop = nn.Dropout(p) if p > 0 else nn.Identity()
+        nonlin = "relu" if pieces == 1 else "linear"
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity=nonlin)
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
 
-        def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, pieces: int, bn: bool, p: float):
-            super().__init__()
-            self.pieces = pieces  # 1 = ReLU unit, k > 1 = maxout over k linear pieces
-            self.conv = nn.Conv2d(c_in, c_out * pieces, kernel, padding=kernel // 2, bias=not bn)
-            self.bn = nn.BatchNorm2d(c_out * pieces) if bn else nn.Identity()
-            self.stride = stride
-            self.drop = nn.Dropout(p) if p > 0 else nn.Identity()
-            nonlin = "relu" if pieces == 1 else "linear"
-            nn.init.kaiming_normal_(self.conv.weight, nonlinearity=nonlin)
-            if self.conv.bias is not None:
-                nn.init.zeros_(self.conv.bias)
-
-        def forward(self, x):
-            x = self.bn(self.conv(x))                       # (B, C*k, H, W)
-            if self.pieces == 1:
-                x = F.relu(x)
-            else:
-                # channel c*k + j is piece j of unit c; the channel dim splits as a view also
-                # in channels_last (it is the innermost dim there)
-                x = x.unflatten(1, (-1, self.pieces)).amax(2)  # (B, C, H, W)
-            if self.stride == 2:
-                x = F.max_pool2d(x, 2, 2, ceil_mode=True)   # (B, C, ceil(H/2), ceil(W/2))
-            else:
-                x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))
-                x = F.max_pool2d(x, 2, 1)                   # (B, C, H, W)
-            return self.drop(x)
-
-    class HouseNumberNet(nn.Module):
-        def __init__(self, cfg: ModelConfig):
-            super().__init__()
-            self.cfg = cfg
-            blocks, c, size = [], 3, cfg.in_size
-            for i, (w, s) in enumerate(zip(cfg.widths, cfg.pool_strides)):
-                pieces = cfg.maxout_pieces if (i == 0 and cfg.maxout_first) else 1
-                blocks.append(ConvBlock(c, w, cfg.kernel, s, pieces, cfg.batch_norm, cfg.dropout))
-                c, size = w, _pooled_size(size, s)
-            self.features = nn.Sequential(*blocks)
-            self.feature_size = c * size * size  # fixed here so forward has no shape logic
-            layers, d = [], self.feature_size
-            for h in cfg.fc:
-                lin = nn.Linear(d, h, bias=not cfg.batch_norm)
-                nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
-                layers += [lin, nn.BatchNorm1d(h) if cfg.batch_norm else nn.Identity(), nn.ReLU()]
-                if cfg.dropout > 0:
-                    layers.append(nn.Dropout(cfg.dropout))
-                d = h
-            self.fc = nn.Sequential(*layers)
-            self.length_head = nn.Linear(d, cfg.n_length_classes)
-            self.digit_head = nn.Linear(d, cfg.max_digits * cfg.n_digit_classes)
-            for head in (self.length_head, self.digit_head):
-                nn.init.normal_(head.weight, std=HEAD_INIT_STD / d ** 0.5)
-                nn.init.zeros_(head.bias)
-
-        def forward(self, x):
-            # x: (B, 3, in_size, in_size), mean-subtracted pixels
-            h = self.features(x)                      # (B, C, s, s)
-            h = self.fc(h.flatten(1))                 # (B, fc[-1]); flatten copies if channels_last
-            length_logits = self.length_head(h)       # (B, N + 2)
-            digit_logits = self.digit_head(h).unflatten(1, (self.cfg.max_digits, self.cfg.n_digit_classes))
-            return length_logits, digit_logits        # (B, N + 2), (B, N, C)
-
-    for cls in (ConvBlock, HouseNumberNet):  # importable/picklable as transcribe.model.<name>
-        cls.__qualname__ = cls.__name__
-    return {"ConvBlock": ConvBlock, "HouseNumberNet": HouseNumberNet}
+    def forward(self, x):
+        x = self.bn(self.conv(x))                       # (B, C*k, H, W)
+        if self.pieces == 1:
+            x = F.relu(x)
+        else:
+            # channel c*k + j is piece j of unit c; the channel dim splits as a view also
+            # in channels_last (it is the innermost dim there)
+            x = x.unflatten(1, (-1, self.pieces)).amax(2)  # (B, C, H, W)
+        if self.stride == 2:
+            x = F.max_pool2d(x, 2, 2, ceil_mode=True)   # (B, C, ceil(H/2), ceil(W/2))
+        else:
+            x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))
+            x = F.max_pool2d(x, 2, 1)                   # (B, C, H, W)
+        return self.drop(x)
 
 
-_CLASSES: dict = {}
+class HouseNumberNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        blocks, c, size = [], 3, cfg.in_size
+        for i, (w, s) in enumerate(zip(cfg.widths, cfg.pool_strides)):
+            pieces = cfg.maxout_pieces if (i == 0 and cfg.maxout_first) else 1
+            blocks.append(ConvBlock(c, w, cfg.kernel, s, pieces, cfg.batch_norm, cfg.dropout))
+            c, size = w, _pooled_size(size, s)
+        self.features = nn.Sequential(*blocks)
+        self.feature_size = c * size * size  # fixed here so forward has no shape logic
+        layers, d = [], self.feature_size
+        for h in cfg.fc:
+            lin = nn.Linear(d, h, bias=not cfg.batch_norm)
+            nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+            layers += [lin, nn.BatchNorm1d(h) if cfg.batch_norm else nn.Identity(), nn.ReLU()]
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            d = h
+        self.fc = nn.Sequential(*layers)
+        self.length_head = nn.Linear(d, cfg.n_length_classes)
+        self.digit_head = nn.Linear(d, cfg.max_digits * cfg.n_digit_classes)
+        for head in (self.length_head, self.digit_head):
+            nn.init.normal_(head.weight, std=HEAD_INIT_STD / d ** 0.5)
+            nn.init.zeros_(head.bias)
 
-
-def __getattr__(name: str):
-    # `from transcribe.model import HouseNumberNet` works; torch is imported only then.
-    if name in ("HouseNumberNet", "ConvBlock"):
-        if not _CLASSES:
-            _CLASSES.update(_define())
-        return _CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+    def forward(self, x):
+        # x: (B, 3, in_size, in_size), mean-subtracted pixels
+        h = self.features(x)                      # (B, C, s, s)
+        h = self.fc(h.flatten(1))                 # (B, fc[-1]); flatten copies if channels_last
+        length_logits = self.length_head(h)       # (B, N + 2)
+        digit_logits = self.digit_head(h).unflatten(1, (self.cfg.max_digits, self.cfg.n_digit_classes))
+        return length_logits, digit_logits        # (B, N + 2), (B, N, C)

@@ -9,7 +9,10 @@ The gallery is one self-contained HTML page: every image is embedded as a base64
 so the page opens from disk and still works when moved or mailed. Every string put into the
 page is HTML-escaped (file names and truths come from files we do not control).
 
-matplotlib (Agg), PIL and torch are imported inside the functions that use them.
+pyplot is imported on the first plot (`_pyplot`), after selecting the file-only Agg backend:
+selecting it at import time would change matplotlib's state for whoever imports this module.
+
+Size: about 460 lines: the plots and the gallery are two views of one predictions file.
 """
 
 from __future__ import annotations
@@ -23,15 +26,20 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from transcribe import metrics
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.tensorboard import SummaryWriter
 
-GALLERY_N = 50          # photos per gallery section
+from transcribe import crops, metrics
+from transcribe.config import BLANK, CACHE_SIZE, GALLERY_N
+from transcribe.predictions import read_predictions
+from transcribe.runs import atomic_write, save_figure
+
 PHOTO_HEIGHT = 160      # px, the full photo's thumbnail height (width follows, capped below)
 PHOTO_MAX_WIDTH = 320   # px (the page shows it at most 128 px high: a little headroom stays sharp)
-CROP_SIZE = 64          # the network's input before its 54x54 crop (Goodfellow et al. 2014, sec. 5.1)
 SHEET_COLUMNS = 10      # contact sheet layout
 SHEET_TILE = 96         # px, a 64x64 crop upscaled for the contact sheet
-BLANK = 10              # digit class 10 = "no digit here" in the ad-hoc blank head (architecture.md)
 
 
 # ---------------------------------------------------------------- plots
@@ -47,7 +55,7 @@ def _save(plt, fig, ax, path: Path, title: str) -> Path:
     """The common end of every plot: title, tight layout, write the PNG, free the figure."""
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -89,7 +97,7 @@ def plot_principled_vs_adhoc(rep: dict[str, Any], path: Path, title: str = "") -
         part = rep[key]
         cov = part["best_at_target"]["coverage"]
         ax.plot(part["curve"]["coverage"], part["curve"]["accuracy"], color=color, lw=1.8,
-                label=f"{name}: AUC {metrics._num(part['auc'])}, {metrics._pct(cov)} at target")
+                label=f"{name}: AUC {metrics.num(part['auc'])}, {metrics.pct(cov)} at target")
     ax.axhline(rep["target"], color="0.4", ls="--", lw=1)
     ax.set_xlabel("coverage")
     ax.set_ylabel("accuracy of the transcribed photos")
@@ -106,7 +114,6 @@ def plot_confidence_histograms(rows: Sequence[dict], path: Path, threshold: floa
     Log-spaced x axis: the thresholds that matter for 98% accuracy sit at -log P ~ 1e-3..1e-1,
     which a linear axis squeezes into one bin.
     """
-    import numpy as np
     plt = _pyplot()
     scored = metrics.labelled(rows)
     surprise = -metrics.confidences(scored)  # -log P(S|X) >= 0; 0 = certain
@@ -144,14 +151,11 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xlabel("exp(confidence) = P(S|X)")
     ax.set_ylabel("fraction correct")
     ax.legend(fontsize=8, loc="upper left")
-    return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics._num(rep['calibration']['ece'])}")
+    return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics.num(rep['calibration']['ece'])}")
 
 
 def write_pr_curve(rows: Sequence[dict], logdir: Path, tag: str = "accept", step: int = 0) -> Path:
     """TensorBoard PR curve of the accept decision: positive = a correct transcription, score = P(S|X)."""
-    import numpy as np
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
     scored = metrics.labelled(rows)
     labels = torch.from_numpy(metrics.correctness(scored))
     scores = torch.from_numpy(np.clip(np.exp(metrics.confidences(scored)), 0.0, 1.0))
@@ -176,7 +180,7 @@ def write_plots(rows: Sequence[dict], rep: dict[str, Any], out_dir: Path, title:
 
 # ---------------------------------------------------------------- gallery
 
-def _data_uri(image, fmt: str = "PNG") -> str:
+def data_uri(image, fmt: str = "PNG") -> str:
     """A PIL image as a data: URI (base64 has no characters that need escaping in an attribute)."""
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
@@ -184,7 +188,7 @@ def _data_uri(image, fmt: str = "PNG") -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class _Photos:
+class Photos:
     """Loads each photo once; remembers the ones that could not be read (reported, never hidden)."""
 
     def __init__(self) -> None:
@@ -192,7 +196,6 @@ class _Photos:
         self.problems: dict[str, str] = {}
 
     def get(self, path: str | None):
-        from PIL import Image
         if not path:
             return None
         if path not in self.cache:
@@ -208,7 +211,6 @@ class _Photos:
 def draw_boxes(photo, boxes) -> Any:
     """A thumbnail of `photo` (at most PHOTO_HEIGHT x PHOTO_MAX_WIDTH) with each (colour, box)
     drawn on it; boxes are (left, top, width, height) in photo pixels, None ones skipped."""
-    from PIL import Image, ImageDraw
     scale = min(PHOTO_HEIGHT / photo.height, PHOTO_MAX_WIDTH / photo.width)
     size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
     thumb = photo.resize(size, Image.BILINEAR)
@@ -220,11 +222,8 @@ def draw_boxes(photo, boxes) -> Any:
     return thumb
 
 
-def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
+def _thumbnails(row: dict, photos: Photos) -> tuple[str | None, str | None]:
     """(photo with the crop box drawn, the 64x64 crop the network saw) as data URIs, None if unavailable."""
-    import numpy as np
-    from PIL import Image
-    from transcribe import crops
     photo = photos.get(row.get("image"))
     if photo is None:
         return None, None
@@ -232,9 +231,9 @@ def _thumbnails(row: dict, photos: _Photos) -> tuple[str | None, str | None]:
     thumb = draw_boxes(photo, [((255, 40, 40), box)])
     crop_uri = None
     if box is not None and len(box) == 4:
-        crop = crops.crop(np.asarray(photo), box, CROP_SIZE)
-        crop_uri = _data_uri(Image.fromarray(crop))
-    return _data_uri(thumb, "JPEG"), crop_uri
+        crop = crops.crop(np.asarray(photo), box, CACHE_SIZE)
+        crop_uri = data_uri(Image.fromarray(crop))
+    return data_uri(thumb, "JPEG"), crop_uri
 
 
 def _length_label(i: int) -> str:
@@ -268,7 +267,7 @@ def _probabilities_html(row: dict) -> str:
     return f'<table class="probs">{"".join(parts)}</table>' if parts else ""
 
 
-def _card(row: dict, photos: _Photos) -> str:
+def _card(row: dict, photos: Photos) -> str:
     esc = html.escape
     truth, pred = row.get("truth"), str(row.get("pred", ""))
     right = truth is not None and str(truth) == pred
@@ -355,7 +354,7 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
     """The page's HTML, the sections shown, and the photos that could not be read."""
     esc = html.escape
     sections = select_sections(rows, n, seed)
-    photos = _Photos()
+    photos = Photos()
     scored = metrics.labelled(rows)
     n_right = int(metrics.correctness(scored).sum())
     headline = (f"{len(rows)} photos, {len(scored)} with a truth: {n_right} read right, "
@@ -378,11 +377,10 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
                     + (f'<div class="grid">{cards}</div>' if cards else '<p class="empty">none</p>'))
     plot_html = ""
     if plots:
-        from PIL import Image
         imgs = []
         for p in plots:
             with Image.open(p) as im:
-                imgs.append(f'<img src="{_data_uri(im.convert("RGB"))}" alt="{esc(Path(p).stem)}" title="{esc(Path(p).name)}">')
+                imgs.append(f'<img src="{data_uri(im.convert("RGB"))}" alt="{esc(Path(p).stem)}" title="{esc(Path(p).name)}">')
         plot_html = f'<h2 id="plots">Plots</h2><div class="plots">{"".join(imgs)}</div>'
     problems = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in photos.problems.items())
     problem_html = (f'<h2>Photos that could not be read ({len(photos.problems)})</h2><ul class="problems">{problems}</ul>'
@@ -404,12 +402,9 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
 
 def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS) -> Path | None:
     """A PNG grid of the crops of `rows` (e.g. the worst mistakes), truth and reading under each."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-    from transcribe import crops
     if not rows:
         return None
-    photos = _Photos()
+    photos = Photos()
     font = ImageFont.load_default()
     label_h = 30
     rows_n = math.ceil(len(rows) / columns)
@@ -419,7 +414,7 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
         x, y = (i % columns) * SHEET_TILE, (i // columns) * (SHEET_TILE + label_h)
         photo, box = photos.get(row.get("image")), row.get("box")
         if photo is not None and box is not None:
-            tile = Image.fromarray(crops.crop(np.asarray(photo), box, CROP_SIZE)).resize(
+            tile = Image.fromarray(crops.crop(np.asarray(photo), box, CACHE_SIZE)).resize(
                 (SHEET_TILE, SHEET_TILE), Image.NEAREST)
             sheet.paste(tile, (x, y))
         else:
@@ -429,9 +424,7 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
         p = "" if conf is None else f" ({100 * math.exp(min(float(conf), 0.0)):.0f}%)"
         draw.text((x + 3, y + SHEET_TILE + 2), f"truth {row.get('truth')}", fill=(20, 20, 20), font=font)
         draw.text((x + 3, y + SHEET_TILE + 15), f"read {row.get('pred', '')}{p}", fill=(190, 30, 30), font=font)
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda f: sheet.save(f, format="PNG"))
     return Path(path)
 
 
@@ -442,9 +435,7 @@ def write_gallery(rows: Sequence[dict], out_dir: Path, n: int = GALLERY_N, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     page, sections, problems = gallery_html(rows, n, seed, title, source, plots)
     path = out_dir / "gallery.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page)
     sheet = contact_sheet(sections["mistakes"], out_dir / "mistakes.png")
     return {"gallery": path, "contact_sheet": sheet, "counts": {k: len(v) for k, v in sections.items()},
             "unreadable_photos": problems}
@@ -452,16 +443,7 @@ def write_gallery(rows: Sequence[dict], out_dir: Path, n: int = GALLERY_N, seed:
 
 # ---------------------------------------------------------------- command
 
-def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", type=Path, help="a predictions.jsonl file (any split, any system)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for gallery.html and mistakes.png (default: beside the predictions file)")
-    parser.add_argument("--n", type=int, default=GALLERY_N, help=f"photos per section (default: {GALLERY_N})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random sample (default: 0)")
-
-
 def run_gallery(args: argparse.Namespace) -> int:
-    from transcribe.evaluation import read_predictions
     rows = read_predictions(args.predictions)
     out = args.out or args.predictions.parent
     result = write_gallery(rows, out, n=args.n, seed=args.seed, title=f"transcribe: {args.predictions.name}",

@@ -35,9 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .model import BLANK, MAX_DIGITS
+import torch
+import torch.nn.functional as F
 
-REFUSED_TEXT = ">5"  # text of a refused photo: the model says more than MAX_DIGITS digits
+from transcribe.config import BLANK, MAX_DIGITS
+
+REFUSED_TEXT = f">{MAX_DIGITS}"  # text of a refused photo: the model says more than MAX_DIGITS digits
 
 
 def _check_head(head: str) -> None:
@@ -47,13 +50,11 @@ def _check_head(head: str) -> None:
 
 def _upcast(x):
     """bf16/fp16 logits (autocast) -> float32 before log_softmax; float32/float64 unchanged."""
-    import torch
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _digit_terms(digit_logits, lengths, digits):
     """log P(S_i = s_i) per position, exactly 0 (and no gradient) past the length. -> (B, N)"""
-    import torch
     lp = torch.log_softmax(digit_logits, dim=-1)                       # (B, N, C)
     n = digit_logits.shape[1]
     mask = torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]   # (B, N)
@@ -68,7 +69,6 @@ def log_likelihood(length_logits, digit_logits, lengths, digits, head: str = "se
     sequence: log P(L = n) + sum_{i < n} log P(S_i = s_i)             -> (B,)
     blank:    sum_{i < n} log P(S_i = s_i) + [n < N] log P(S_n = blank)
     """
-    import torch
     _check_head(head)
     terms, lp, mask = _digit_terms(_upcast(digit_logits), lengths, digits)
     if head == "sequence":
@@ -87,8 +87,6 @@ def loss(length_logits, digit_logits, lengths, digits, head: str = "sequence"):
     blank: sum over positions of cross-entropy with target blank past the length, plus the
     length cross-entropy (the ad-hoc baseline; see the module docstring).
     """
-    import torch
-    import torch.nn.functional as F
     _check_head(head)
     if head == "sequence":
         return -log_likelihood(length_logits, digit_logits, lengths, digits, head).mean()
@@ -116,7 +114,6 @@ class Decoded:
 
 def decode(length_logits, digit_logits, head: str = "sequence") -> Decoded:
     """The most probable transcription per image and its confidence. Exact for `sequence`."""
-    import torch
     _check_head(head)
     length_logits, digit_logits = _upcast(length_logits.detach()), _upcast(digit_logits.detach())
     lp_len = torch.log_softmax(length_logits, dim=-1)                  # (B, N + 2)

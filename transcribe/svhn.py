@@ -1,4 +1,4 @@
-"""SVHN format 1: the official archives, their `digitStruct.mat` labels and the photos.
+"""SVHN format 1: the `digitStruct.mat` labels, the photos, and what is wrong with them.
 
 Format 1 (Netzer et al. 2011) is one folder per split of numbered PNG photos plus a
 `digitStruct.mat` saved by MATLAB in its v7.3 layout, which is HDF5 with a 512-byte header:
@@ -17,8 +17,6 @@ same layout with `write_digitstruct`, and everything downstream starts from `rea
 
 Bad input is never skipped silently: a file that cannot be parsed raises `DataError` naming
 it; an entry that cannot be used becomes a `Problem` (counted, listed by `summarize`).
-Only the standard library and numpy are imported at module level; h5py, PIL and tqdm are
-imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -32,21 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import h5py
 import numpy as np
+from h5py import h5d, h5r, h5s, h5t
+from PIL import Image
+
+from transcribe.config import MAX_DIGITS
+from transcribe.matreader import MAT_FIELDS, MatParser, Unsupported
 
 # Digit positions of the model (Goodfellow et al. 2014 model at most 5 digits; their length
 # head has a ">5" class, but a longer number has no digit targets), so such photos are
 # excluded from the usable records and counted (the full train split has one: 6 digits).
-MAX_DIGITS = 5
 MAT_NAME = "digitStruct.mat"
-_FAST_PARSER = True  # read digitStruct.mat with _MatParser (False: h5py only; tests compare both)
+_FAST_PARSER = True  # read digitStruct.mat with matreader.MatParser (False: h5py only; tests compare both)
 BOX_FIELDS = ("left", "top", "width", "height")  # order of a box tuple
-_MAT_FIELDS = ("height", "left", "top", "width", "label")  # order MATLAB stores them in
-
-# Official archives (format 1). No checksums are published for them, so they are verified
-# structurally: the gzip stream is whole, every PNG the .mat names is present, counts match.
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SPLIT_COUNTS = {"train": 33_402, "test": 13_068, "extra": 202_353}
 
 Box = tuple[float, float, float, float]
 
@@ -99,13 +96,12 @@ class _Entry:
     boxes: tuple[Box, ...]
 
 
-def _read_entries(path: Path) -> list[_Entry]:
+def read_entries(path: Path) -> list[_Entry]:
     """All entries of a digitStruct.mat as stored. h5py opens the file and checks its top
-    level; the entries are then parsed by `_MatParser` (HDF5's on-disk format read directly
-    from a memory map, ~4x faster than h5py, which dereferences each of the ~12 tiny objects
-    per entry at ~40 us each). Any layout that parser does not know falls back to h5py."""
-    import h5py
-    from h5py import h5s, h5t
+    level; the entries are then parsed by `matreader.MatParser` (HDF5's on-disk format read
+    directly from a memory map: 7-9x faster than h5py, which dereferences each of the ~12 tiny
+    objects per entry; measured in matreader.py). Any layout that parser does not know, or
+    damage, falls back to h5py, which reads the file or names the problem."""
 
     try:
         f = h5py.File(path, "r")
@@ -139,9 +135,9 @@ def _read_entries(path: Path) -> list[_Entry]:
             raise DataError(f"{path}: {len(name_refs)} names but {len(bbox_refs)} bboxes")
         if _FAST_PARSER:
             try:
-                with _MatParser(path, f.userblock_size) as parser:
-                    return parser.entries(addrs[0], addrs[1])
-            except (_Unsupported, struct.error, ValueError, IndexError, KeyError, OverflowError,
+                with MatParser(path, f.userblock_size) as parser:
+                    return [_entry(name, cols) for name, cols in parser.entries(addrs[0], addrs[1])]
+            except (Unsupported, struct.error, ValueError, IndexError, KeyError, OverflowError,
                     UnicodeDecodeError, OSError):
                 pass  # unknown layout or damage: h5py reads it, or names the problem
         return _read_entries_h5py(path, f, name_refs, bbox_refs)
@@ -149,7 +145,6 @@ def _read_entries(path: Path) -> list[_Entry]:
 
 def _read_entries_h5py(path: Path, f, name_refs, bbox_refs) -> list[_Entry]:
     """The same parse through h5py's low-level API (about 3x faster than its high-level one)."""
-    from h5py import h5d, h5r, h5s, h5t
 
     fid = f.id
     all_ = h5s.ALL
@@ -190,7 +185,7 @@ def _read_entries_h5py(path: Path, f, name_refs, bbox_refs) -> list[_Entry]:
             chars = read(h5r.dereference(name_refs[i], fid)).ravel()
             name = chars.astype(np.uint16).tobytes().decode("utf-16-le")  # MATLAB char = UTF-16
             gid = h5r.dereference(bbox_refs[i], fid)
-            cols = {k: values(gid, k.encode()) for k in _MAT_FIELDS}
+            cols = {k: values(gid, k.encode()) for k in MAT_FIELDS}
             entries.append(_entry(name, cols))
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: entry {i + 1} of {len(name_refs)} is damaged or has an "
@@ -201,155 +196,8 @@ def _read_entries_h5py(path: Path, f, name_refs, bbox_refs) -> list[_Entry]:
 def _entry(name: str, cols: dict[str, list[float]]) -> _Entry:
     n = len(cols["label"])
     if any(len(cols[k]) != n for k in BOX_FIELDS):
-        raise ValueError(f"fields have different lengths {[len(cols[k]) for k in _MAT_FIELDS]}")
+        raise ValueError(f"fields have different lengths {[len(cols[k]) for k in MAT_FIELDS]}")
     return _Entry(name, tuple(cols["label"]), tuple(zip(*(cols[k] for k in BOX_FIELDS))))
-
-
-class _Unsupported(Exception):
-    """A layout `_MatParser` does not handle; h5py reads the file instead."""
-
-
-class _MatParser:
-    """Just enough of the HDF5 file format (spec v3.0, "Disk Format: Level 2") to read what
-    MATLAB and `write_digitstruct` write: version-1 object headers, old-style groups (symbol
-    table -> v1 B-tree -> symbol nodes -> local heap names), compact or contiguous datasets of
-    fixed-point, IEEE float or object-reference type. Anything else raises _Unsupported."""
-
-    def __init__(self, path: Path, base: int):
-        import mmap
-
-        self._file = open(path, "rb")
-        self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        self.base = base  # addresses are relative to the superblock, which follows the user block
-        if self.mm[base:base + 8] != b"\x89HDF\r\n\x1a\n" or self.mm[base + 8] != 0 \
-                or self.mm[base + 13] != 8 or self.mm[base + 14] != 8:
-            raise _Unsupported("superblock other than version 0 with 8-byte offsets and lengths")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.mm.close()
-        self._file.close()
-
-    def messages(self, addr: int) -> list[tuple[int, int, int]]:
-        """(type, data offset, size) of each message of the object header at `addr`."""
-        mm, o = self.mm, self.base + addr
-        version, _, count, _, size = struct.unpack_from("<BBHII", mm, o)
-        if version != 1:
-            raise _Unsupported(f"object header version {version}")
-        blocks, out = [(o + 16, o + 16 + size)], []  # v1: 16-byte prefix, then 8-aligned messages
-        while blocks and len(out) < count:
-            p, end = blocks.pop()
-            while p + 8 <= end and len(out) < count:
-                mtype, msize, flags = struct.unpack_from("<HHB", mm, p)
-                if flags & 0x02:  # a shared message (e.g. a committed datatype)
-                    raise _Unsupported("shared header message")
-                if mtype == 0x10:  # continuation: more messages in another block
-                    caddr, clen = struct.unpack_from("<QQ", mm, p + 8)
-                    blocks.append((self.base + caddr, self.base + caddr + clen))
-                out.append((mtype, p + 8, msize))
-                p += 8 + msize
-            if len(blocks) > 64:
-                raise _Unsupported("too many header continuation blocks")
-        return out
-
-    def dataset(self, addr: int) -> np.ndarray:
-        """A whole dataset as a flat numpy array (references as uint64 addresses)."""
-        mm = self.mm
-        dims = dtype = data = None
-        for mtype, p, _ in self.messages(addr):
-            if mtype == 0x01:  # dataspace
-                version, ndims = mm[p], mm[p + 1]
-                first = p + (8 if version == 1 else 4)
-                dims = struct.unpack_from(f"<{ndims}Q", mm, first)
-            elif mtype == 0x03:  # datatype
-                cls, bits0, size = mm[p] & 0x0F, mm[p + 1], struct.unpack_from("<I", mm, p + 4)[0]
-                if bits0 & 0x01:
-                    raise _Unsupported("big-endian data")
-                if cls == 0 and size in (1, 2, 4, 8):
-                    dtype = np.dtype(f"<{'i' if bits0 & 0x08 else 'u'}{size}")
-                elif cls == 1 and size in (4, 8) and not bits0 & 0x40:
-                    dtype = np.dtype(f"<f{size}")
-                elif cls == 7 and (bits0 & 0x0F) == 0 and size == 8:  # object reference
-                    dtype = np.dtype("<u8")
-                else:
-                    raise _Unsupported(f"datatype class {cls} size {size}")
-            elif mtype == 0x08:  # data layout
-                if mm[p] != 3:
-                    raise _Unsupported(f"layout message version {mm[p]}")
-                if mm[p + 1] == 0:  # compact: the data is in the header
-                    data = p + 4
-                elif mm[p + 1] == 1:  # contiguous: elsewhere in the file
-                    data = self.base + struct.unpack_from("<Q", mm, p + 2)[0]
-                else:
-                    raise _Unsupported("chunked dataset")
-            elif mtype == 0x0B:
-                raise _Unsupported("filtered (compressed) dataset")
-        if dims is None or dtype is None or data is None:
-            raise _Unsupported("dataset header without dataspace, datatype or layout")
-        n = math.prod(dims)
-        if data + n * dtype.itemsize > len(mm):
-            raise ValueError("dataset data past the end of the file")
-        return np.frombuffer(mm[data:data + n * dtype.itemsize], dtype=dtype)
-
-    def group(self, addr: int) -> dict[bytes, int]:
-        """Link name -> object header address for an old-style group."""
-        mm, base = self.mm, self.base
-        table = [p for mtype, p, _ in self.messages(addr) if mtype == 0x11]
-        if not table:
-            raise _Unsupported("group without a symbol table (new-style links)")
-        btree, heap = struct.unpack_from("<QQ", mm, table[0])
-        if mm[base + heap:base + heap + 4] != b"HEAP":
-            raise ValueError("local heap signature missing")
-        names = base + struct.unpack_from("<Q", mm, base + heap + 24)[0]  # heap data segment
-        links, todo, seen = {}, [btree], set()
-        while todo:
-            node = todo.pop()
-            if node in seen or len(seen) > 10_000:
-                raise ValueError("B-tree cycle")
-            seen.add(node)
-            o = base + node
-            sig, ntype, level, used = struct.unpack_from("<4sBBH", mm, o)
-            if sig != b"TREE" or ntype != 0:
-                raise ValueError("group B-tree node signature missing")
-            children = [struct.unpack_from("<Q", mm, o + 32 + 16 * i)[0] for i in range(used)]
-            if level > 0:
-                todo.extend(children)
-                continue
-            for child in children:  # symbol table nodes: 40-byte entries
-                s = base + child
-                if mm[s:s + 4] != b"SNOD":
-                    raise ValueError("symbol table node signature missing")
-                for j in range(struct.unpack_from("<H", mm, s + 6)[0]):
-                    name_off, obj = struct.unpack_from("<QQ", mm, s + 8 + 40 * j)
-                    start = names + name_off
-                    links[mm[start:mm.find(b"\0", start)]] = obj
-        return links
-
-    def entries(self, name_addrs: np.ndarray, bbox_addrs: np.ndarray) -> list[_Entry]:
-        out = []
-        for name_addr, bbox_addr in zip(name_addrs.tolist(), bbox_addrs.tolist()):
-            chars = self.dataset(name_addr)
-            if chars.dtype != np.uint16:
-                raise _Unsupported("name is not a MATLAB char array")
-            links = self.group(bbox_addr)
-            cols = {}
-            for key in _MAT_FIELDS:
-                a = self.dataset(links[key.encode()])
-                if a.dtype == np.uint64 and len(a) == 2 and not a.any():
-                    cols[key] = []  # MATLAB's empty [] (cannot be a reference: address 0 is the superblock)
-                elif a.dtype == np.uint64:  # references, one (1, 1) double per digit
-                    vals = [self.dataset(r) for r in a.tolist()]
-                    if any(v.size != 1 or v.dtype.kind != "f" for v in vals):
-                        raise _Unsupported("a digit's value is not a (1, 1) double")
-                    cols[key] = [float(v[0]) for v in vals]
-                elif a.dtype.kind == "f" and a.size == 1:
-                    cols[key] = [float(a[0])]
-                else:
-                    raise _Unsupported(f"field {key} of type {a.dtype} and size {a.size}")
-            out.append(_entry(chars.tobytes().decode("utf-16-le"), cols))
-        return out
 
 
 def _label_problem(labels: Sequence[float]) -> str | None:
@@ -369,7 +217,7 @@ def read_digitstruct(path: str | os.PathLike) -> list[Record]:
     Entries with 0 or more than MAX_DIGITS digits are returned; `read_split` filters them."""
     path = Path(path)
     records = []
-    for e in _read_entries(path):
+    for e in read_entries(path):
         bad = _label_problem(e.labels)
         if bad:
             raise DataError(f"{path}: entry {e.file!r}: {bad}")
@@ -393,7 +241,6 @@ def _matlab_header() -> bytes:
 def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> None:
     """Write records in MATLAB's v7.3 layout (as the official files; `read_digitstruct`
     reads it back the same way). Atomic: written to a temp file in the same folder, renamed."""
-    import h5py
 
     path = Path(path)
     records = list(records)
@@ -433,10 +280,10 @@ def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> Non
 
                 g = refs.create_group(f"g{next(counter)}")
                 g.attrs["MATLAB_class"] = np.bytes_(b"struct")
-                g.attrs.create("MATLAB_fields", fields_attr(_MAT_FIELDS), dtype=vlen_s1)
+                g.attrs.create("MATLAB_fields", fields_attr(MAT_FIELDS), dtype=vlen_s1)
                 labels = [10 if d == 0 else int(d) for d in rec.digits]
                 cols = {"label": labels, **{k: [b[j] for b in rec.boxes] for j, k in enumerate(BOX_FIELDS)}}
-                for key in _MAT_FIELDS:
+                for key in MAT_FIELDS:
                     vals = cols[key]
                     if len(vals) == 1:  # one digit: the value itself, a (1, 1) double
                         ds = g.create_dataset(key, data=np.array([[vals[0]]], dtype="<f8"))
@@ -497,7 +344,7 @@ def read_split(folder: str | os.PathLike, strict: bool = False) -> Split:
     mat = folder / MAT_NAME
     if not mat.is_file():
         raise DataError(f"{mat}: missing (a format-1 split folder holds numbered PNGs and {MAT_NAME})")
-    entries = _read_entries(mat)
+    entries = read_entries(mat)
     present = {p.name for p in folder.iterdir()}  # one listing instead of N stat calls
     records, problems, seen = [], [], set()
 
@@ -560,7 +407,6 @@ def summarize(problems: Sequence[Problem], examples: int = 5) -> str:
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """A photo as (H, W, 3) uint8 RGB. DataError naming the file if missing or unreadable
     (a truncated PNG fails here, not later)."""
-    from PIL import Image
 
     path = Path(path)
     try:
@@ -571,233 +417,3 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: image file missing") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-
-
-# ----------------------------------------------------------------------------------------
-# The official archives: download (resumable), verify, extract safely
-
-_CHUNK = 1 << 20  # bytes per read while streaming
-
-
-def download(url: str, dest: str | os.PathLike, attempts: int = 5, retry_wait: float = 2.0,
-             timeout: float = 60.0, progress: bool = True) -> Path:
-    """Stream `url` to `dest`, via `dest.part` renamed into place when complete.
-
-    An existing `.part` is resumed with an HTTP Range request; a server that ignores Range
-    (200 instead of 206) or answers with a different start restarts the file cleanly. A
-    dropped connection is retried (resuming) up to `attempts` times. The length is checked
-    against Content-Length / Content-Range when the server sends them."""
-    import http.client
-    import time
-    import urllib.error
-    import urllib.request
-
-    from tqdm import tqdm
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    last_error = "no attempt made"
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(retry_wait * attempt)
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                total = _expected_total(resp, have)
-                if total is _RESTART:  # a 206 that does not continue at `have`: start over
-                    part.unlink(missing_ok=True)
-                    last_error = f"the server answered a range not starting at byte {have}"
-                    continue
-                if resp.status == 206:
-                    mode = "ab"  # the server continues where the .part stops
-                else:  # 200: a fresh download, or a server that ignores Range: start over
-                    have, mode = 0, "wb"
-                    length = resp.headers.get("Content-Length", "")
-                    total = int(length) if length.isdigit() else None
-                with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                    desc=dest.name, disable=not progress or None) as bar:
-                    while chunk := resp.read(_CHUNK):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # nothing left after `have`: complete .part, or a stale one
-                size = _range_total(e.headers.get("Content-Range", ""))
-                if size == have:
-                    os.replace(part, dest)
-                    return dest
-                part.unlink(missing_ok=True)
-                last_error = f"the server refused to resume at byte {have}; restarting"
-                continue
-            if e.code >= 500:  # a server-side hiccup: try again
-                last_error = f"HTTP {e.code} {e.reason}"
-                continue
-            raise DataError(f"{dest}: downloading {url} failed: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
-            last_error = f"{type(e).__name__}: {e}"  # dropped connection: resume from .part
-            continue
-        size = part.stat().st_size
-        if total is not None and size != total:
-            last_error = f"got {size:,} of {total:,} bytes"
-            if size > total:  # more than announced: the .part cannot be trusted
-                part.unlink()
-            continue
-        os.replace(part, dest)
-        return dest
-    raise DataError(f"{dest}: downloading {url} did not complete after {attempts} attempts "
-                    f"({last_error}); run again to resume from {part.name}")
-
-
-_RESTART = object()
-
-
-def _range_total(content_range: str) -> int | None:
-    """'bytes 100-199/1000' or 'bytes */1000' -> 1000; None if absent or '*'."""
-    total = content_range.rpartition("/")[2].strip()
-    return int(total) if total.isdigit() else None
-
-
-def _expected_total(resp, have: int):
-    """For a 206 answer: the full file size, or _RESTART if it does not continue at `have`."""
-    if resp.status != 206:
-        return None
-    content_range = resp.headers.get("Content-Range", "")
-    start = content_range.removeprefix("bytes ").partition("-")[0].strip()
-    if not start.isdigit() or int(start) != have:
-        return _RESTART
-    return _range_total(content_range)
-
-
-def verify_gzip(archive: str | os.PathLike) -> int:
-    """Read the whole gzip stream (gzip checks its CRC-32 and length at the end); return the
-    uncompressed size. No checksums are published for the SVHN archives, so this is the
-    integrity check. DataError naming the archive if it is truncated or damaged."""
-    import gzip
-    import zlib
-
-    archive = Path(archive)
-    n = 0
-    try:
-        with gzip.open(archive, "rb") as f:
-            while chunk := f.read(_CHUNK * 4):
-                n += len(chunk)
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
-        raise DataError(f"{archive}: damaged or incomplete gzip archive ({type(e).__name__}: {e}); "
-                        f"delete it and run again to download it afresh") from None
-    return n
-
-
-def _inside(root: Path, target: Path) -> bool:
-    return target == root or root in target.parents
-
-
-def extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool = True) -> list[str]:
-    """Extract a .tar(.gz) into `dest`, refusing (DataError naming the member, before
-    anything is written) any member that would land outside `dest`: absolute paths, '..',
-    links pointing outside, devices. Returns the member names."""
-    import tarfile
-
-    from tqdm import tqdm
-
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()  # reads the whole stream: truncation fails here
-            for m in members:
-                _check_member(archive, root, m)
-            # The 'data' filter (Python >= 3.11.4) re-checks the same and drops owners and
-            # odd permissions; the check above is what gives the clear message.
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            for m in tqdm(members, desc=f"extract {archive.name}", unit="file",
-                          disable=not progress or None):
-                tar.extract(m, dest, **safe)
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
-    return [m.name for m in members]
-
-
-def _check_member(archive: Path, root: Path, m) -> None:
-    name = m.name
-    where = f"{archive}: member {name!r}"
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{where} has an absolute path; refusing to extract")
-    target = (root / name).resolve()
-    if not _inside(root, target):
-        raise DataError(f"{where} would be written outside {root}; refusing to extract")
-    if m.issym() or m.islnk():
-        base = target.parent if m.issym() else root  # symlinks are relative to their folder
-        link = Path(m.linkname)
-        if link.is_absolute() or not _inside(root, (base / link).resolve()):
-            raise DataError(f"{where} links to {m.linkname!r} outside {root}; refusing to extract")
-    elif not (m.isfile() or m.isdir()):
-        raise DataError(f"{where} is a device or pipe; refusing to extract")
-
-
-def verify_split(folder: str | os.PathLike, expected: int | None = None) -> int:
-    """Every PNG the split's digitStruct.mat names is present, and (for official splits)
-    the count is the published one. Returns the number of entries; DataError otherwise."""
-    folder = Path(folder)
-    mat = folder / MAT_NAME
-    if not mat.is_file():
-        raise DataError(f"{mat}: missing (a format-1 split folder holds numbered PNGs and {MAT_NAME})")
-    names = [e.file for e in _read_entries(mat)]
-    present = {p.name for p in folder.iterdir()}
-    missing = [n for n in names if n not in present]
-    if missing:
-        raise DataError(f"{folder}: {len(missing):,} of {len(names):,} images named in {MAT_NAME} are "
-                        f"missing, e.g. {', '.join(missing[:5])}")
-    pngs = sum(1 for n in present if n.endswith(".png"))
-    if expected is not None and (len(names) != expected or pngs != expected):
-        raise DataError(f"{folder}: {len(names):,} entries in {MAT_NAME} and {pngs:,} PNG files, "
-                        f"expected {expected:,}")
-    return len(names)
-
-
-def fetch_svhn(root: str | os.PathLike, splits: Sequence[str] = ("train", "test", "extra"),
-               base_url: str = SVHN_URL, expected: dict[str, int] | None = None,
-               progress: bool = True) -> dict[str, Path]:
-    """Download -> verify -> extract -> verify each split into `root/<split>/`, skipping
-    work already done: a split folder whose .mat names only present images (and the right
-    count) is kept, an archive already downloaded is not fetched again. `expected` maps a
-    split to its image count (default: the official counts, SPLIT_COUNTS)."""
-    import shutil
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    expected = SPLIT_COUNTS if expected is None else expected
-    done = {}
-    for split in splits:
-        folder = root / split
-        count = expected.get(split)
-        if folder.exists():
-            try:
-                verify_split(folder, count)
-                print(f"{folder}: already extracted and complete, skipping")
-                done[split] = folder
-                continue
-            except DataError as e:
-                print(f"{e}\n{folder}: extracting again")
-        archive = root / f"{split}.tar.gz"
-        if not archive.exists():
-            download(base_url.rstrip("/") + f"/{split}.tar.gz", archive, progress=progress)
-        verify_gzip(archive)
-        staging = Path(tempfile.mkdtemp(prefix=f".{split}.extracting-", dir=root))
-        try:
-            extract(archive, staging, progress=progress)
-            if not (staging / split).is_dir():
-                raise DataError(f"{archive}: has no top-level folder {split}/ (found "
-                                f"{', '.join(sorted(p.name for p in staging.iterdir())) or 'nothing'})")
-            verify_split(staging / split, count)
-            if folder.exists():  # an incomplete earlier extraction, replaced by a verified one
-                shutil.rmtree(folder)
-            os.replace(staging / split, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        print(f"{folder}: extracted and verified")
-        done[split] = folder
-    return done

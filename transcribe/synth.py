@@ -18,6 +18,8 @@ Digit boxes are tight boxes around each rendered glyph's ink, in reading order, 
 Labels are sampled apart from rendering (`sample_labels`), so their statistics can be
 tested cheaply. Every photo has its own random generator seeded by (seed, index), so the
 same seed gives byte-identical PNGs and labels, and any photo can be re-rendered alone.
+
+Size: about 670 lines, one concept (the generator): most of it is drawing code used only here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
 from collections import defaultdict
@@ -35,10 +38,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import matplotlib  # only for where its fonts live
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
+
+from transcribe import svhn
+from transcribe.config import MAX_DIGITS  # longer numbers are never generated
+from transcribe.runs import atomic_write
 
 STATS_PATH = Path(__file__).with_name("synth_stats.json")
-MAX_DIGITS = 5  # svhn.MAX_DIGITS: the model has five digit positions; longer numbers are never generated
 QUANTILES = tuple(i / 20 for i in range(21))  # every 5%: 21 numbers per distribution keep the JSON small
 GLYPH_PX = 64  # font size at which glyph masks are rendered once and cached, then resized per photo
 MAX_NUMBER_HEIGHT = 150  # px; clip the long tail (real max 298) so a rare photo stays cheap to render
@@ -148,7 +157,6 @@ def _photo_stats(numbers: dict, images: str | Path | None) -> dict:
         # SVHN-like defaults, measured once on svhn-sample/train (2,000 photos).
         return {"n_images": 0, "box_height_frac": [0.71] * 21, "box_width_frac": [0.29] * 21,
                 "box_center_x": [0.5] * 21, "box_center_y": [0.49] * 21, "aspect": [2.23] * 21}
-    from PIL import Image
 
     images = Path(images)
     rh, rw, cx, cy, aspect = [], [], [], [], []
@@ -232,7 +240,6 @@ def _label_cdfs(key: int, stats: dict) -> tuple:
 # ----------------------------------------------------------------------------- glyphs
 
 def _font_dir() -> Path:
-    import matplotlib  # only for where its fonts live
 
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
@@ -249,7 +256,6 @@ def _font_paths() -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def _glyph(font_path: str, char: str) -> np.ndarray:
     """Ink of one character at GLYPH_PX, cropped to its tight bounds: (h, w) uint8 coverage."""
-    from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.truetype(font_path, GLYPH_PX)
     l, t, r, b = font.getbbox(char)
@@ -274,7 +280,6 @@ def _resized_glyph(font_path: str, char: str, w: int, h: int) -> np.ndarray:
 
 
 def _resized(mask: np.ndarray, w: int, h: int) -> np.ndarray:
-    from PIL import Image
 
     out = np.asarray(Image.fromarray(mask).resize((max(1, w), max(1, h)), Image.BILINEAR))
     out.flags.writeable = False
@@ -322,7 +327,6 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bilinearly."""
-    from PIL import Image
 
     gh, gw = max(2, cells), max(2, int(cells * w / max(h, 1)))
     grid = ((rng.random((gh, gw)) * 255).astype(np.uint8))
@@ -370,7 +374,6 @@ def _paste_char(clutter, rng: np.random.Generator, h_num: float, cy: float, ox: 
     near=False: at the photo's left/right edge, cut by it. near=True: a letter 0.4-0.8 digit
     heights from the number (SVHN crops often show bits of a street name or a neighbour).
     """
-    from PIL import Image
 
     # near the number only letters: a digit there would read as part of the number (label noise)
     chars = LETTERS if near or rng.random() < 0.5 else "0123456789"
@@ -402,7 +405,6 @@ class Photo:
 
 def render(digits: tuple[int, ...], rng: np.random.Generator, stats: dict | None = None) -> Photo:
     """Render one house-number photo for `digits`; all randomness comes from `rng`."""
-    from PIL import Image, ImageDraw, ImageFilter
 
     stats = stats or load_stats()
     photo_stats = stats["photo"]
@@ -599,7 +601,6 @@ def photo_rng(seed: int, index: int) -> np.random.Generator:
 
 def _write_photo(job: tuple[str, int, int, dict]) -> tuple[str, tuple[int, ...], tuple]:
     """Render photo `i` of (seed) into folder; returns its label. Runs in worker processes."""
-    from PIL import Image
     folder, seed, i, stats = job
     rng = photo_rng(seed, i)
     digits = sample_labels(1, rng, stats)[0]
@@ -620,11 +621,8 @@ def generate(out_folder: str | Path, n: int, seed: int = 0, progress: bool = Fal
     core for n >= 2,000, in-process below that. Prints nothing except a tqdm bar when progress=True.
     Returns the folder.
     """
-    import multiprocessing as mp
 
-    from tqdm import tqdm
 
-    from transcribe import svhn
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -660,9 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        tmp = Path(args.stats_out + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=1) + "\n")
-        os.replace(tmp, args.stats_out)
+        atomic_write(args.stats_out, json.dumps(stats, indent=1) + "\n")
         print(f"wrote {args.stats_out}: {stats['n_images']} numbers, lengths {stats['length_counts']}")
     if args.out:
         generate(args.out, args.n, args.seed, progress=True)

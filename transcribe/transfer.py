@@ -40,9 +40,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from . import crops, ctc, metrics, sequence, svhn
+from . import crops, ctc, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
-from .config import add_dataclass_arguments, from_args, save_json, to_dict
+from .config import MAX_DIGITS, TARGET, add_dataclass_arguments, from_args, to_dict
+from .runs import save_json
 
 MARGIN = 1.8      # pixels kept around the number box: enough for widening 1.3, jitter and rotation
 CHECKPOINT = "model.pt"
@@ -207,13 +208,13 @@ class SequenceHead(torch.nn.Module):
     def __init__(self, dim: int = 120, dropout: float = 0.3):
         super().__init__()
         self.drop = torch.nn.Dropout(dropout)
-        self.length = torch.nn.Linear(dim * self.FRAMES, svhn.MAX_DIGITS + 2)
-        self.digits = torch.nn.Linear(dim * self.FRAMES, svhn.MAX_DIGITS * 10)
+        self.length = torch.nn.Linear(dim * self.FRAMES, MAX_DIGITS + 2)
+        self.digits = torch.nn.Linear(dim * self.FRAMES, MAX_DIGITS * 10)
 
     def forward(self, features: torch.Tensor):
         x = torch.nn.functional.adaptive_avg_pool1d(features.transpose(1, 2), self.FRAMES)  # (B, D, 40)
         x = self.drop(x.flatten(1))
-        return self.length(x), self.digits(x).view(-1, svhn.MAX_DIGITS, 10)
+        return self.length(x), self.digits(x).view(-1, MAX_DIGITS, 10)
 
 
 def use_head(model: rec.LineRecognizer, cfg: TransferConfig) -> rec.LineRecognizer:
@@ -227,9 +228,9 @@ def use_head(model: rec.LineRecognizer, cfg: TransferConfig) -> rec.LineRecogniz
 def labels(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """-> lengths (B,), digits (B, 5) with -1 past the length."""
     lengths = torch.tensor([len(t) for t in texts])
-    digits = torch.full((len(texts), svhn.MAX_DIGITS), -1, dtype=torch.long)
+    digits = torch.full((len(texts), MAX_DIGITS), -1, dtype=torch.long)
     for i, t in enumerate(texts):
-        for j, c in enumerate(t[:svhn.MAX_DIGITS]):
+        for j, c in enumerate(t[:MAX_DIGITS]):
             digits[i, j] = int(c)
     return lengths, digits
 
@@ -314,7 +315,7 @@ def folds_of(n: int, k: int, seed: int) -> list[list[int]]:
     return [sorted(int(i) for i in perm[f::k]) for f in range(k)]
 
 
-def split_half_scores(rows: list[dict], seed: int, key: str = "confidence", target: float = metrics.TARGET) -> dict:
+def split_half_scores(rows: list[dict], seed: int, key: str = "confidence", target: float = TARGET) -> dict:
     """Coverage and accuracy at `target` with thresholds chosen out of sample: the rows are split
     in two halves; each half's threshold is applied to the other half."""
     halves = folds_of(len(rows), 2, seed + 1)
@@ -373,13 +374,7 @@ def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads:
         inputs = [train_view(p, cfg, rng) for p in photos]
         augmented.append(stem_features(stem, inputs, cfg, desc=f"training views {v + 1}/{cfg.views}"))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save({"evals": evals, "augmented": augmented}, tmp)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        runs.atomic_write(path, lambda f: torch.save({"evals": evals, "augmented": augmented}, f))
     return evals, augmented, time.time() - t0
 
 
@@ -395,7 +390,7 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from . import evaluation, report as report_mod
+    from . import report as report_mod
     cfg = from_args(TransferConfig, args, TransferConfig())
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -412,12 +407,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
     save_json({"transfer": cfg, "train": args.train, "folds": args.folds, "photos": len(photos),
                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+    (out / runs.METRICS_FILE).write_text("")  # a new run: one row per epoch and per fold
 
     def log(row):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        runs.append_metrics(out, row)
 
     everything = list(range(len(photos)))
     # the off-the-shelf reader with the principled confidence (the CTC head at step 0)
@@ -439,10 +432,10 @@ def run_transfer(args: argparse.Namespace) -> int:
             log({"fold": f, "sequence_accuracy": acc, "step0_sequence_accuracy": acc0})
         rows = [r for r in oof if r is not None]
         cv_dir = out / "eval" / "cv"
-        evaluation.write_predictions(rows, cv_dir / "predictions.jsonl")
+        predictions.write_predictions(rows, cv_dir / "predictions.jsonl")
         fold_of = {i: f for f, held in enumerate(folds) for i in held}
         if step0:
-            evaluation.write_predictions([{**r, "fold": fold_of[i]} for i, r in enumerate(step0)],
+            predictions.write_predictions([{**r, "fold": fold_of[i]} for i, r in enumerate(step0)],
                                          out / "eval" / "step0" / "predictions.jsonl")
         rep = metrics.report(rows)
         save_json(rep, cv_dir / "report.json")
@@ -460,11 +453,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     model.load_state_dict(initial)
     fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}))
     trained = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
-    tmp = out / f"{CHECKPOINT}.tmp{os.getpid()}"
-    torch.save({"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
-                "model": trained}, tmp)
-    tmp.replace(out / CHECKPOINT)
-    save_json({"threshold": threshold, "target": metrics.TARGET, "chosen_on": "out-of-fold predictions",
+    runs.atomic_write(out / CHECKPOINT, lambda f: torch.save(
+        {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
+         "model": trained}, f))
+    save_json({"threshold": threshold, "target": TARGET, "chosen_on": "out-of-fold predictions",
                "photos": len(photos)}, out / "threshold.json")
     summary["inference"] = inference_rate(model, photos, cfg, args.threads)
     summary["seconds"] = round(time.time() - t0, 1)

@@ -27,11 +27,11 @@ import platform
 import time
 from pathlib import Path
 
+from transcribe.config import CACHE_SIZE, INPUT_SIZE as CROP, MAX_DIGITS
+
 DEFAULT_PRESETS = ("goodfellow", "cpu")
 DEFAULT_BATCHES = (32, 64)
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
-CACHE_SIZE = 64      # crops stored 64x64 (dataset.CacheConfig.size), 54x54 random crop fed to the net
-CROP = 54
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "svhn-sample" / "train"
 POOL = 512           # uint8 crops held in memory for "ours" (random indices into it)
 MATMUL_N = 2048      # square float32 matmul that sets the machine's reference FLOP/s
 MIN_CALLS = 3        # at least this many timed calls, however long each takes
@@ -106,7 +106,7 @@ def _obvious_dataset(folder: Path):
     import torch
     from PIL import Image
 
-    from . import crops, svhn
+    from transcribe import crops, svhn
 
     split = svhn.read_split(folder)
     items = [(str(folder / r.file), crops.widen(crops.number_box(r.boxes)), r.digits) for r in split.records]
@@ -123,7 +123,7 @@ def _obvious_dataset(folder: Path):
             ox, oy = np.random.randint(0, CACHE_SIZE - CROP + 1, size=2)
             x = torch.from_numpy(np.asarray(im, dtype=np.float32)[oy:oy + CROP, ox:ox + CROP]).permute(2, 0, 1)
             x = (x - x.mean()) / 255.0
-            padded = list(digits) + [-1] * (svhn.MAX_DIGITS - len(digits))
+            padded = list(digits) + [-1] * (MAX_DIGITS - len(digits))
             return x, len(digits), torch.tensor(padded)
 
     return PngDataset()
@@ -136,7 +136,7 @@ def _synthetic_folder(n: int = 64) -> Path:
     import numpy as np
     from PIL import Image
 
-    from . import svhn
+    from transcribe import svhn
     rng = np.random.default_rng(0)
     folder = Path(tempfile.mkdtemp(prefix="transcribe-bench-"))
     records = []
@@ -161,8 +161,8 @@ def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from . import sequence
-    from .model import PRESETS, build_model, count_parameters
+    from transcribe import sequence
+    from transcribe.model import PRESETS, build_model, count_parameters
 
     cfg = PRESETS[name]
     cuda = device == "cuda"
@@ -235,7 +235,7 @@ def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> 
 
 def _prepare_batch():
     try:
-        from .dataset import prepare_batch
+        from transcribe.dataset import prepare_batch
     except ImportError as e:
         print(f"bench: transcribe.dataset.prepare_batch unavailable ({e}); the 'ours' data path is not measured")
         return None
@@ -279,8 +279,8 @@ def markdown(result: dict) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from . import svhn
-    from .model import PRESETS
+    from transcribe import svhn
+    from transcribe.model import PRESETS
     unknown = [p for p in args.presets if p not in PRESETS]
     if unknown:
         raise SystemExit(f"transcribe bench: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
@@ -348,7 +348,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(table)
     result["markdown"] = table
     if args.out:
-        from .config import save_json
+        from transcribe.runs import save_json
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         save_json(result, args.out)
         print(f"bench: wrote {args.out}")

@@ -13,6 +13,9 @@ Deep Learning book, chapter 11 (Goodfellow, Bengio & Courville 2016):
 The pure parts (`fit_power_law`, `examples_needed`, `bootstrap_examples_needed`, `diagnose`,
 `lr_grid`, `best_rate`) import only numpy; the commands train through training.train and read
 the run folders it writes (config.json, metrics.jsonl).
+
+Size: about 630 lines: the three commands of one chapter (learning curve, diagnosis, lr sweep)
+share the run-folder reading and the training driver.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET_ACCURACY = 0.98   # Goodfellow et al. 2014 / DL book 11.6: human-level, 98% sequence accuracy
+from transcribe.config import TARGET
+
 ERR_FLOOR = 1e-4         # errors are floored here before taking logs (a training error of exactly 0)
 # Chance level for whole-sequence error: a predictor that ignores the photo can at best output
 # the most frequent house number, which covers ~1% of SVHN photos -> ~0.99 sequence error.
@@ -271,37 +275,19 @@ def best_rate(rows: list[dict]) -> dict:
 # Reading run folders
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of RUN/metrics.jsonl; a clear error naming the file when missing or malformed."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is {run_dir} a run folder written by `transcribe train`?)")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i} is not JSON ({e.msg})") from None
-    if not rows:
-        raise ValueError(f"{path}: no evaluation rows yet")
-    return rows
-
-
-def _num(x) -> float:
+def _as_float(x) -> float:
     return float("nan") if x is None else float(x)
 
 
 def run_errors(rows: list[dict]) -> dict:
     """Sequence errors at the best-validation row and the last row, and whether anything was non-finite."""
     def errs(r):
-        return {"step": r.get("step"), "train_err": 1 - _num(r.get("train_seq_acc")),
-                "val_err": 1 - _num(r.get("val_seq_acc")),
-                "train_loss": _num(r.get("train_loss")), "val_loss": _num(r.get("val_loss"))}
-    finite = [r for r in rows if math.isfinite(_num(r.get("val_seq_acc")))]
-    best = max(finite, key=lambda r: _num(r["val_seq_acc"])) if finite else rows[-1]
-    nonfinite = any(not math.isfinite(_num(r.get(k))) for r in rows
+        return {"step": r.get("step"), "train_err": 1 - _as_float(r.get("train_seq_acc")),
+                "val_err": 1 - _as_float(r.get("val_seq_acc")),
+                "train_loss": _as_float(r.get("train_loss")), "val_loss": _as_float(r.get("val_loss"))}
+    finite = [r for r in rows if math.isfinite(_as_float(r.get("val_seq_acc")))]
+    best = max(finite, key=lambda r: _as_float(r["val_seq_acc"])) if finite else rows[-1]
+    nonfinite = any(not math.isfinite(_as_float(r.get(k))) for r in rows
                     for k in ("train_loss", "val_loss", "train_seq_acc", "val_seq_acc"))
     return {"best": errs(best), "last": errs(rows[-1]), "nonfinite": nonfinite}
 
@@ -318,16 +304,16 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+def _finish_error_plot(plt, fig, ax, path: Path, xlabel: str, title: str) -> None:
+    """The common end of the error-against-log-x plots: axes, legend, atomic PNG, figure freed."""
+    from transcribe.runs import save_figure
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sequence error (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,18 +336,17 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
 
 def base_configs(args: argparse.Namespace):
     """(model_cfg, data_cfg, train_cfg) from --config, then --preset/--train/... overrides."""
-    from . import config as C
-    from .dataset import DataConfig
-    from .model import PRESETS, ModelConfig
-    from .training import TrainConfig
+    from transcribe.runs import read_config
+    from transcribe import config as C
+    from transcribe.dataset import DataConfig
+    from transcribe.model import PRESETS, ModelConfig
+    from transcribe.training import TrainConfig
     base: dict = {}
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            base = read_config(args.config)
+        except (OSError, ValueError) as e:
             raise SystemExit(f"{args.config}: cannot read the configuration ({e})") from None
-        if not isinstance(base, dict) or not set(base) <= {"model", "data", "train"}:
-            raise SystemExit(f"{args.config}: expected a JSON object with keys model, data, train")
     train_cfg = C.from_dict(TrainConfig, base.get("train", {}))
     if args.preset or "model" not in base:
         name = args.preset or "tiny"
@@ -387,6 +372,7 @@ def base_configs(args: argparse.Namespace):
 
 def run_result(run_dir: str | Path) -> dict:
     """Errors of a finished run: at its best-validation row (what early stopping keeps) and last row."""
+    from transcribe.runs import read_metrics
     e = run_errors(read_metrics(run_dir))
     return {"run": str(run_dir), "train_err": e["best"]["train_err"], "val_err": e["best"]["val_err"],
             "best_step": e["best"]["step"], "last_train_err": e["last"]["train_err"],
@@ -446,7 +432,7 @@ def add_learning_curve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per size")
     parser.add_argument("--evals", type=int, default=5, help="evaluations per run (early stopping picks the best)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per size (different weights and batches, same subset)")
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--target", type=float, default=TARGET, help="target sequence accuracy")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the interval")
 
 
@@ -493,18 +479,13 @@ def plot_learning_curve(res: dict, path: Path) -> None:
     ax.axhline(100 * res["target_err"], ls="--", c="gray", label=f"target {100 * res['target_err']:.0f}%")
     if math.isfinite(need) and need <= hi:
         ax.axvline(need, ls=":", c="gray")
-    ax.set_xscale("log")
-    ax.set_xlabel("training photos (log scale)")
-    ax.set_ylabel("sequence error (%)")
-    ax.set_title("Learning curve (DL book 11.3)")
-    ax.legend(fontsize=8)
-    _save_figure(fig, path)
-    plt.close(fig)
+    _finish_error_plot(plt, fig, ax, path, "training photos (log scale)", "Learning curve (DL book 11.3)")
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
-    from . import dataset
-    from .training import train
+    from transcribe.runs import METRICS_FILE, atomic_write, read_metrics
+    from transcribe import dataset
+    from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -521,7 +502,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
             t_cfg = dataclasses.replace(train_cfg, out=str(run), steps=steps, seed=train_cfg.seed + seed,
                                         eval_every=max(1, math.ceil(steps / args.evals)), eval_limit=0,
                                         batch_size=min(train_cfg.batch_size, n), patience=0)
-            if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < steps:
+            if not (run / METRICS_FILE).exists() or read_metrics(run)[-1]["step"] < steps:
                 train(model_cfg, d_cfg, t_cfg)
             r = run_result(run)
             points.append({"n": n, "seed": seed, "steps": steps, **r})
@@ -530,9 +511,9 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     res = learning_curve_results(points, target_err, len(val), args.bootstrap)
     res["budget"] = {"epochs": args.epochs, "min_steps": args.min_steps, "max_steps": args.max_steps,
                      "batch_size": train_cfg.batch_size, "preset": train_cfg.preset}
-    _write_text(out / "learning_curve.json", json.dumps(res, indent=2, default=float) + "\n")
+    atomic_write(out / "learning_curve.json", json.dumps(res, indent=2, default=float) + "\n")
     md = learning_curve_markdown(res)
-    _write_text(out / "learning_curve.md", md)
+    atomic_write(out / "learning_curve.md", md)
     plot_learning_curve(res, out / "learning_curve.png")
     print(md)
     print(f"wrote {out / 'learning_curve.json'}, .md, .png")
@@ -546,13 +527,14 @@ def run_learning_curve(args: argparse.Namespace) -> int:
 def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (reads metrics.jsonl)")
     parser.add_argument("--test-error", type=float, default=None, help="sequence error on the test set, if measured")
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="target sequence accuracy")
+    parser.add_argument("--target", type=float, default=TARGET, help="target sequence accuracy")
     parser.add_argument("--chance", type=float, default=CHANCE_ERR, help="sequence error of guessing")
     parser.add_argument("--row", choices=("best", "last"), default="best",
                         help="metrics row to judge: best validation (what is kept) or last")
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
+    from transcribe.runs import read_metrics
     try:
         e = run_errors(read_metrics(args.run))
     except (FileNotFoundError, ValueError) as err:
@@ -610,13 +592,8 @@ def plot_lr_sweep(rows: list[dict], best: dict, path: Path) -> None:
     if div:
         ax.plot([r["lr"] for r in div], [100.0] * len(div), "rx", ms=10, label="diverged")
     ax.axvline(best["lr"], ls=":", c="gray", label=f"best {best['lr']:.3g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("sequence error (%)")
-    ax.set_title("Training error against learning rate (DL book fig. 11.1)")
-    ax.legend(fontsize=8)
-    _save_figure(fig, path)
-    plt.close(fig)
+    _finish_error_plot(plt, fig, ax, path, "learning rate (log scale)",
+                       "Training error against learning rate (DL book fig. 11.1)")
 
 
 def sweep_row(lr: float, result: dict) -> dict:
@@ -628,7 +605,8 @@ def sweep_row(lr: float, result: dict) -> dict:
 
 
 def run_lr_sweep(args: argparse.Namespace) -> int:
-    from .training import train
+    from transcribe.runs import METRICS_FILE, atomic_write, read_metrics
+    from transcribe.training import train
     model_cfg, data_cfg, train_cfg = base_configs(args)
     lrs = sorted(args.lrs) if args.lrs else lr_grid(args.lr_min, args.lr_max, args.per_decade)
     out = Path(args.out)
@@ -638,17 +616,17 @@ def run_lr_sweep(args: argparse.Namespace) -> int:
         run = out / f"lr{lr:.3g}"
         t_cfg = dataclasses.replace(train_cfg, out=str(run), lr=lr, steps=args.steps, schedule=args.schedule,
                                     warmup=0, eval_every=args.steps, patience=0)
-        if not (run / "metrics.jsonl").exists() or read_metrics(run)[-1]["step"] < args.steps:
+        if not (run / METRICS_FILE).exists() or read_metrics(run)[-1]["step"] < args.steps:
             train(model_cfg, data_cfg, t_cfg)
         row = sweep_row(lr, run_result(run))
         rows.append(row)
         print(f"  lr {lr:<8.3g} training error {100 * row['train_err']:5.1f}%"
               + ("  diverged" if row["diverged"] else f"  (loss {row['train_loss']:.3f})"))
     best = best_rate(rows)
-    _write_text(out / "lr_sweep.json", json.dumps({"steps": args.steps, "schedule": args.schedule,
+    atomic_write(out / "lr_sweep.json", json.dumps({"steps": args.steps, "schedule": args.schedule,
                                                    "best_lr": best["lr"], "rows": rows}, indent=2) + "\n")
     md = lr_sweep_markdown(rows, best, args.steps)
-    _write_text(out / "lr_sweep.md", md)
+    atomic_write(out / "lr_sweep.md", md)
     plot_lr_sweep(rows, best, out / "lr_sweep.png")
     print(md)
     print(f"wrote {out / 'lr_sweep.json'}, .md, .png")

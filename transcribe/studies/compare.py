@@ -1,7 +1,8 @@
 """Several systems side by side: one accuracy-vs-coverage plot, one table, the photos they disagree on.
 
 Every system (our models, an OCR baseline) writes the same predictions.jsonl, so comparing
-them is a pure function of those files (STYLE.md item 6). The refusal threshold of each system
+them is a pure function of those files (inference writes predictions once; every metric,
+curve and gallery is computed from that file). The refusal threshold of each system
 is chosen on *its own validation predictions* (`--val-preds`) and applied unchanged, as
 evaluation.py does; without them the table gives the best coverage any threshold could reach on
 these very photos, and says so ("best achievable (no val threshold)"): an optimistic number.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transcribe import metrics
+from transcribe.config import TARGET
 
 GALLERY_N = 100  # disagreements shown, most confident wrong reading first
 NO_VAL = "best achievable (no val threshold)"
@@ -58,7 +60,7 @@ def read_meta(pred_path: Path) -> dict[str, Any]:
 
 def load_systems(preds: Sequence[str], names: Sequence[str] | None = None,
                  val_preds: Sequence[str] | None = None) -> list[System]:
-    from transcribe.evaluation import read_predictions
+    from transcribe.predictions import read_predictions
     if names and len(names) != len(preds):
         raise ValueError(f"--names gives {len(names)} names for {len(preds)} predictions files")
     if val_preds and len(val_preds) != len(preds):
@@ -80,7 +82,7 @@ def load_systems(preds: Sequence[str], names: Sequence[str] | None = None,
     return systems
 
 
-def summarize(system: System, target: float = metrics.TARGET) -> dict[str, Any]:
+def summarize(system: System, target: float = TARGET) -> dict[str, Any]:
     """One row of the table: accuracies, coverage at `target` with the validation threshold, speed."""
     scored = metrics.labelled(system.rows)
     truth = [str(r["truth"]) for r in scored]
@@ -143,10 +145,6 @@ def pairwise(systems: Sequence[System]) -> list[list[int | None]]:
 
 # ---------------------------------------------------------------- outputs
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
-
-
 def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list[int | None]],
                 target: float) -> str:
     lines = ["# Comparison", "",
@@ -155,9 +153,9 @@ def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list
              "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for t in table:
         ips = "–" if t["images_per_second"] is None else f"{t['images_per_second']:g}"
-        lines.append(f"| {t['name']} | {t['n_scored']} | {_pct(t['sequence_accuracy'])} | "
-                     f"{_pct(t['character_accuracy'])} | {_pct(t['coverage_at_target'])} | {t['threshold_source']} | "
-                     f"{_pct(t['accuracy_of_accepted'])} | {ips} |")
+        lines.append(f"| {t['name']} | {t['n_scored']} | {metrics.pct(t['sequence_accuracy'])} | "
+                     f"{metrics.pct(t['character_accuracy'])} | {metrics.pct(t['coverage_at_target'])} | {t['threshold_source']} | "
+                     f"{metrics.pct(t['accuracy_of_accepted'])} | {ips} |")
     lines += ["", f"{counts['photos_in_common']} photos read by every system; the readings differ on "
                   f"{counts['disagreements']} (disagreements.html)."]
     if len(table) > 1:
@@ -173,6 +171,7 @@ def to_markdown(table: list[dict], counts: dict[str, int], right_only: list[list
 
 
 def plot(systems: Sequence[System], table: list[dict], path: Path, target: float) -> Path:
+    from transcribe.runs import save_figure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,7 +182,7 @@ def plot(systems: Sequence[System], table: list[dict], path: Path, target: float
         curve = metrics.accuracy_coverage_curve(metrics.confidences(scored), metrics.correctness(scored))
         color = COLORS[i % len(COLORS)]
         ax.plot(curve["coverage"], curve["accuracy"], color=color, lw=1.8,
-                label=f"{s.name}: {_pct(t['sequence_accuracy'])} all, {_pct(t['coverage_at_target'])} at target")
+                label=f"{s.name}: {metrics.pct(t['sequence_accuracy'])} all, {metrics.pct(t['coverage_at_target'])} at target")
         if t["accuracy_of_accepted"] is not None:
             ax.plot([t["coverage_at_target"]], [t["accuracy_of_accepted"]], "o" if s.val_rows else "s",
                     color=color, ms=6, mfc=color if s.val_rows else "none")
@@ -199,18 +198,16 @@ def plot(systems: Sequence[System], table: list[dict], path: Path, target: float
     ax.set_title("accuracy vs coverage (filled dot: threshold from validation; open square: best achievable)",
                  fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
 def _thumbnail(item: dict, boxes: Sequence[tuple[str, Any]]) -> str | None:
     """The photo with every system's crop box drawn in its colour, as a data URI; None if unreadable."""
     from transcribe import report
-    photo = report._Photos().get(str(item.get("image") or ""))
-    return None if photo is None else report._data_uri(report.draw_boxes(photo, boxes), "JPEG")
+    photo = report.Photos().get(str(item.get("image") or ""))
+    return None if photo is None else report.data_uri(report.draw_boxes(photo, boxes), "JPEG")
 
 
 def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str, int], n: int = GALLERY_N) -> str:
@@ -248,24 +245,18 @@ def gallery_html(systems: Sequence[System], items: list[dict], counts: dict[str,
             f'<div class="grid">{"".join(cards)}</div></body></html>\n')
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def compare(systems: Sequence[System], out: Path, target: float = metrics.TARGET, n: int = GALLERY_N,
+def compare(systems: Sequence[System], out: Path, target: float = TARGET, n: int = GALLERY_N,
             plots: bool = True) -> dict[str, Any]:
+    from transcribe.runs import atomic_write, save_json
     out.mkdir(parents=True, exist_ok=True)
     table = [summarize(s, target) for s in systems]
     items, counts = disagreements(systems)
     right_only = pairwise(systems)
     result = {"target": target, "systems": table, **counts, "right_only": right_only,
               "right_only_meaning": "right_only[i][j] = photos in common system i reads right and system j wrong"}
-    from transcribe.config import save_json
     save_json(result, out / "compare.json")
-    _atomic_write(out / "compare.md", to_markdown(table, counts, right_only, target))
-    _atomic_write(out / "disagreements.html", gallery_html(systems, items, counts, n))
+    atomic_write(out / "compare.md", to_markdown(table, counts, right_only, target))
+    atomic_write(out / "disagreements.html", gallery_html(systems, items, counts, n))
     if plots:
         plot(systems, table, out / "accuracy_coverage.png", target)
     return result
@@ -278,8 +269,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-preds", nargs="+", default=None,
                         help="each system's validation predictions, in the same order ('-' for none): "
                              "the refusal threshold is chosen there")
-    parser.add_argument("--target", type=float, default=metrics.TARGET,
-                        help=f"accuracy the threshold must reach (default: {metrics.TARGET})")
+    parser.add_argument("--target", type=float, default=TARGET,
+                        help=f"accuracy the threshold must reach (default: {TARGET})")
     parser.add_argument("--n", type=int, default=GALLERY_N, help=f"disagreements shown (default: {GALLERY_N})")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
 

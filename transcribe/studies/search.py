@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+
 POLL_SECONDS = 0.5       # how often a trial reads its metrics.jsonl
 SQLITE_TIMEOUT = 60      # seconds a worker waits for the SQLite lock (several processes write)
 
@@ -141,26 +142,15 @@ def make_pruner(kind: str, startup: int):
 # One trial
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a row being written right now; read it next time
-    return rows
-
-
 def run_trial(trial, names, base: dict, out: Path) -> float:
     """Train one configuration in a subprocess; report each evaluation; prune; return the best
     validation sequence accuracy of the run (what early stopping would keep)."""
+    from transcribe.runs import read_metrics, save_json
     import optuna
-    from . import config as C
-    from .dataset import DataConfig
-    from .model import ModelConfig
-    from .training import TrainConfig
+    from transcribe import config as C
+    from transcribe.dataset import DataConfig
+    from transcribe.model import ModelConfig
+    from transcribe.training import TrainConfig
     params = suggest(trial, names)
     run = out / "trials" / f"{trial.number:04d}"
     model_cfg, data_cfg, train_cfg = apply_params(
@@ -173,7 +163,7 @@ def run_trial(trial, names, base: dict, out: Path) -> float:
         shutil.rmtree(run)
     run.mkdir(parents=True)
     cfg_path = run / "trial.json"
-    C.save_json({"model": model_cfg, "data": data_cfg, "train": train_cfg}, cfg_path)
+    save_json({"model": model_cfg, "data": data_cfg, "train": train_cfg}, cfg_path)
     trial.set_user_attr("run", str(run))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(run / "train.log", "w")
@@ -183,7 +173,7 @@ def run_trial(trial, names, base: dict, out: Path) -> float:
     try:
         while True:
             done = proc.poll() is not None
-            rows = _read_rows(run / "metrics.jsonl")
+            rows = read_metrics(run, partial_ok=True)
             for row in rows[seen:]:
                 acc = row.get("val_seq_acc")
                 acc = -1.0 if acc is None or not math.isfinite(acc) else float(acc)
@@ -267,26 +257,21 @@ def results_markdown(rows: list[dict], best) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_results(study, out: Path) -> dict | None:
     """results.csv, results.md and best.json (the best trial's configuration, train.out -> OUT/best)."""
+    from transcribe.runs import atomic_write
     import optuna
     rows = results_rows(study)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value) if complete else None
-    _write_text(out / "results.csv", results_csv(rows))
-    _write_text(out / "results.md", results_markdown(rows, best))
+    atomic_write(out / "results.csv", results_csv(rows))
+    atomic_write(out / "results.md", results_markdown(rows, best))
     if best is None:
         return None
     cfg = json.loads((Path(best.user_attrs["run"]) / "trial.json").read_text())
     cfg["train"]["out"] = str(out / "best")
     cfg["train"]["threads"] = 0
-    _write_text(out / "best.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "best.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return cfg
 
 
@@ -295,7 +280,7 @@ def write_results(study, out: Path) -> dict | None:
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from .methodology import add_base_arguments
+    from transcribe.studies.methodology import add_base_arguments
     add_base_arguments(parser)
     parser.add_argument("--sampler", choices=("random", "grid", "tpe"), default="random",
                         help="random (default; DL book 11.4.4), grid (<= 3 hyperparameters), tpe (model-based)")
@@ -319,8 +304,8 @@ def run_search(args: argparse.Namespace) -> int:
     import multiprocessing
 
     import optuna
-    from . import config as C
-    from .methodology import base_configs
+    from transcribe import config as C
+    from transcribe.studies.methodology import base_configs
     model_cfg, data_cfg, train_cfg = base_configs(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -464,7 +464,8 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_baseline(args: argparse.Namespace) -> int:
     from transcribe import evaluation, metrics
-    from transcribe.config import from_args, save_json
+    from transcribe.config import from_args
+    from transcribe.runs import save_json
     cfg = from_args(BaselineConfig, args, BaselineConfig())
     engine = make_engine(cfg.engine, cfg.threads, cfg.stretch)  # SystemExit with the reason when absent
     name, items, problems = select_photos(args.split, args.data, args.run)
@@ -478,7 +479,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.decodings_table:
         if cfg.engine not in REC_MODELS:
             raise SystemExit("--decodings-table needs a rapidocr engine (the only engines with a score matrix)")
-        from transcribe.config import save_json as _save
+        from transcribe.runs import save_json as _save
         table = decoding_table(engine, items, cfg.crop_widen)
         _save({"split": args.split, "rows": table}, out / "decodings.json")
         md = ["| decode | score | crop widen | photos | sequence accuracy | best coverage at 98% | AUC |",

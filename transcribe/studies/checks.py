@@ -13,18 +13,21 @@ Hard checks (a failure means a defect; the command exits 1):
 Soft checks (warn): initial loss of near-uniform softmaxes; dead ReLUs (units never active over a
 batch) and how often units are off; gradient norms per layer; update/weight ratios after a few
 optimizer steps against the ~1% guide (Bottou 2015, quoted in 11.5).
+
+Size: about 470 lines: each check is short; together they are the chapter's one checklist.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS
 
 TINY_SET = 16            # photos in the tiny-set fit
 TINY_STEPS = 300         # Adam steps allowed to fit them
@@ -127,7 +130,7 @@ def gradient_check(model, x, lengths, digits, head: str = "sequence", n_proj: in
 
 def _flatten_outputs(out, lengths, digits, head):
     import torch
-    from . import sequence
+    from transcribe import sequence
     length_logits, digit_logits = out
     ll = sequence.log_likelihood(length_logits, digit_logits, lengths, digits, head)
     return torch.cat([length_logits.flatten(), digit_logits.flatten(), ll])
@@ -166,8 +169,7 @@ def complex_step_check(length_logits, digit_logits, lengths, digits, head: str =
                        seed: int = 0) -> list[CheckResult]:
     """Two rows: value of sequence.log_likelihood vs the formula; derivative vs Im f(z + ih v)/h."""
     import torch
-    from . import sequence
-    from .model import BLANK
+    from transcribe import sequence
     L = length_logits.detach().double()
     D = digit_logits.detach().double()
     lengths_np, digits_np = lengths.numpy(), digits.numpy()
@@ -203,7 +205,7 @@ def fit_tiny_set(model, x, lengths, digits, head: str = "sequence", steps: int =
                  lr: float = TINY_LR) -> CheckResult:
     """Adam on one fixed batch until every sequence is right (checked in eval mode, as predicted)."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     model = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     acc, loss_value, step = 0.0, float("nan"), 0
@@ -233,7 +235,7 @@ def fit_tiny_set(model, x, lengths, digits, head: str = "sequence", steps: int =
 def initial_loss(model, x, lengths, digits, head: str = "sequence") -> CheckResult:
     """At initialization every softmax is ~uniform: loss ~ log 7 + E[n] log 10 (sequence head)."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     with torch.no_grad():
         out = model.eval()(x)
         loss = float(sequence.loss(*out, lengths, digits, head))
@@ -288,7 +290,7 @@ def activation_stats(model, x) -> CheckResult:
 def gradient_norms(model, x, lengths, digits, head: str = "sequence") -> list[CheckResult]:
     """One backward pass: every parameter gets a finite non-zero gradient; norms per layer."""
     import torch
-    from . import sequence
+    from transcribe import sequence
     model = copy.deepcopy(model).train()
     model.zero_grad(set_to_none=True)
     sequence.loss(*model(x), lengths, digits, head).backward()
@@ -310,23 +312,22 @@ def gradient_norms(model, x, lengths, digits, head: str = "sequence") -> list[Ch
     ]
 
 
-def update_ratios(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
+def update_ratio_check(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
                   steps: int = UPDATE_STEPS) -> CheckResult:
     """||delta theta|| / ||theta|| per weight tensor per step, over a few optimizer steps (11.5)."""
     import torch
-    from . import sequence
+    from transcribe import sequence, training
     model = copy.deepcopy(model).train()
     opt = make_optimizer(model) if make_optimizer else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ratios: dict[str, list[float]] = {}
     for _ in range(steps):
-        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.ndim >= 2}
+        before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.ndim >= 2}
         loss = sequence.loss(*model(x), lengths, digits, head)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for n, p in model.named_parameters():
-            if n in before:
-                ratios.setdefault(n, []).append(float((p.detach() - before[n]).norm() / before[n].norm().clamp_min(1e-12)))
+        for n, r in training.update_ratios(before, model).items():
+            ratios.setdefault(n, []).append(r)
     mean = {n: float(np.mean(r)) for n, r in ratios.items()}
     lo, hi = UPDATE_RATIO
     outside = {n: r for n, r in mean.items() if not lo <= r <= hi}
@@ -336,7 +337,7 @@ def update_ratios(model, x, lengths, digits, head: str = "sequence", make_optimi
                        f"~1e-2, flagged outside [{lo:g}, {hi:g}]", False, {"layers": mean, "outside": outside})
 
 
-def run_checks(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
+def check_all(model, x, lengths, digits, head: str = "sequence", make_optimizer=None,
                tiny_steps: int = TINY_STEPS, seed: int = 0) -> list[CheckResult]:
     """All checks on `model` and one batch (x (B,3,S,S) float, lengths (B,), digits (B,N))."""
     import torch
@@ -350,7 +351,7 @@ def run_checks(model, x, lengths, digits, head: str = "sequence", make_optimizer
     results += complex_step_check(*out, lengths[small], digits[small], head, seed=seed)
     results += gradient_norms(model, x, lengths, digits, head)
     results.append(activation_stats(model, x))
-    results.append(update_ratios(model, x, lengths, digits, head, make_optimizer))
+    results.append(update_ratio_check(model, x, lengths, digits, head, make_optimizer))
     return results
 
 
@@ -368,19 +369,15 @@ def format_table(results: list[CheckResult]) -> str:
 
 def _load_config(path: str | None) -> dict:
     """{"model", "data", "train"} from a config JSON or a run folder's config.json ({} if none)."""
+    from transcribe.runs import read_config
     if not path:
         return {}
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
-    if not p.is_file():
-        raise SystemExit(f"transcribe check: {p}: no such config file or run folder")
     try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"transcribe check: {p}: not JSON ({e.msg})") from None
-    if not isinstance(cfg, dict) or "model" not in cfg:
-        raise SystemExit(f"transcribe check: {p}: expected an object with a 'model' section")
+        cfg = read_config(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"transcribe check: {e}") from None
+    if "model" not in cfg:
+        raise SystemExit(f"transcribe check: {path}: expected an object with a 'model' section")
     return cfg
 
 
@@ -388,15 +385,14 @@ def _batch(data_cfg, n: int, seed: int):
     """n photos: the first n training photos of `data_cfg` (centre crops), or random noise with
     random labels when no data is given (a tiny set of random labels can still be memorized)."""
     import torch
-    from .model import MAX_DIGITS
     if data_cfg is None:
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 3, 54, 54, generator=g) * 0.25
+        x = torch.randn(n, 3, INPUT_SIZE, INPUT_SIZE, generator=g) * 0.25
         lengths = torch.randint(1, MAX_DIGITS + 1, (n,), generator=g)
         digits = torch.randint(0, 10, (n, MAX_DIGITS), generator=g)
         digits[torch.arange(MAX_DIGITS)[None, :] >= lengths[:, None]] = -1
         return x, lengths, digits, "random images with random labels (no --train given)"
-    from . import dataset
+    from transcribe import dataset
     train, _ = dataset.load_splits(data_cfg, progress=False)
     k = min(n, len(train))
     x = dataset.prepare_batch(train.images[:k], crop=data_cfg.crop, train=False)
@@ -418,9 +414,10 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from transcribe.runs import atomic_write, save_json
     import torch
-    from . import config as C
-    from .model import PRESETS, ModelConfig, build_model
+    from transcribe import config as C
+    from transcribe.model import PRESETS, ModelConfig, build_model
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _load_config(args.config)
@@ -435,7 +432,7 @@ def run_check(args: argparse.Namespace) -> int:
         model_cfg = PRESETS[name]
     data_cfg = None
     if args.train or cfg.get("data"):
-        from .dataset import DataConfig
+        from transcribe.dataset import DataConfig
         data_cfg = C.from_dict(DataConfig, cfg.get("data", {}))
         if args.train:
             data_cfg = C.from_dict(DataConfig, {**C.to_dict(data_cfg), "train": tuple(args.train)})
@@ -444,7 +441,7 @@ def run_check(args: argparse.Namespace) -> int:
     model = build_model(model_cfg)
     x, lengths, digits, source = _batch(data_cfg, max(args.batch, TINY_SET), args.seed)
     print(f"model: {model_cfg.head} head, widths {model_cfg.widths}, fc {model_cfg.fc}; data: {source}")
-    results = run_checks(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.seed)
+    results = check_all(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.seed)
     table = format_table(results)
     print(table)
     failed = [r.name for r in results if r.status == "fail"]
@@ -453,11 +450,9 @@ def run_check(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        C.save_json({"source": source, "model": model_cfg, "results": [asdict(r) for r in results]},
+        save_json({"source": source, "model": model_cfg, "results": [asdict(r) for r in results]},
                     out / "check.json")
-        tmp = out / "check.md.tmp"
-        tmp.write_text(table)
-        tmp.replace(out / "check.md")
+        atomic_write(out / "check.md", table)
     return 1 if failed else 0
 
 
@@ -465,7 +460,7 @@ def _optimizer_factory(train_section: dict | None):
     """The optimizer exactly as `transcribe train` builds it, from the config's train section
     or, without one, TrainConfig's defaults."""
     import functools
-    from . import config as C
-    from . import training
+    from transcribe import config as C
+    from transcribe import training
     cfg = C.from_dict(training.TrainConfig, train_section or {})
     return functools.partial(training.make_optimizer, cfg=cfg)
