@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
 pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
 
-from transcribe import baseline, ctc, recognizer, svhn  # noqa: E402
+from transcribe import ctc, recognizer, svhn  # noqa: E402
+from transcribe.studies import baseline  # noqa: E402
 
 
 @pytest.fixture(scope="module")

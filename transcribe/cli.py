@@ -171,5 +171,16 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "decision to OUT")
 
 
+def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    C.add_dataclass_arguments(parser, C.TransferConfig)
+    parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
+    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only)")
+    parser.add_argument("--out", required=True, help="run folder to write")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
+    parser.add_argument("--cache-dir", default="data/cache/transfer",
+                        help="where the stem features of the views are cached ('' = no cache)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

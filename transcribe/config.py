@@ -192,6 +192,37 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: invalid {', '.join(bad)}")
 
 
+# ---------------------------------------------------------------- transfer (transfer.py, recognizer.py, ctc.py)
+RECOGNIZERS = ("ppocr-v6-small", "ppocr-v4")  # pretrained line recognizers shipped in rapidocr wheels
+REC_MIN_WIDTH = 320  # RapidOCR pads every line to at least its training width, 320 px
+CTC_BEAM = 8         # prefix beam width of the CTC decoder (ctc.py measures it against brute force)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    recognizer: str = dataclasses.field(default="ppocr-v6-small", metadata={
+        "help": "pretrained recognizer (inside a rapidocr wheel)", "choices": RECOGNIZERS})
+    stretch: float = dataclasses.field(default=1.5, metadata={
+        "help": "crops resized to height 48 and this many times their aspect ratio in width"})
+    widen: float = dataclasses.field(default=1.0, metadata={
+        "help": "evaluation crop: the union of the digit boxes widened by this factor"})
+    min_width: int = dataclasses.field(default=REC_MIN_WIDTH, metadata={
+        "help": "inputs right-padded to at least this width (RapidOCR: 320)"})
+    views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
+    epochs: int = dataclasses.field(default=12, metadata={"help": "passes over the training photos"})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "photos per step"})
+    lr: float = dataclasses.field(default=3e-4, metadata={"help": "AdamW learning rate of the neck"})
+    head_lr: float = dataclasses.field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
+    weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
+    beam: int = dataclasses.field(default=CTC_BEAM, metadata={"help": "prefix beam width (1: best path)"})
+    head: str = dataclasses.field(default="ctc", metadata={
+        "help": "output layer on the neck: ctc (digits-only CTC, initialized from the recognizer) or "
+                "sequence (the paper's length softmax + 5 digit softmaxes, trained from scratch)",
+        "choices": ("ctc", "sequence")})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of folds, views and training"})
+
+
+
 # Fields of TrainConfig that may change when a run is resumed: they do not alter the
 # trajectory of the weights (or only end it earlier/later). Anything else must match.
 RESUMABLE_CHANGES = ("out", "steps", "max_seconds", "progress", "threads", "device", "compile",

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import MAX_DIGITS
+from .config import CTC_BEAM, MAX_DIGITS
 
 BLANK = 0
-BEAM = 8
+BEAM = CTC_BEAM
 PRUNE = -9.0  # a class under this log-probability at a frame (~1e-4) starts no new prefix there
 NEG_INF = -np.inf
 

@@ -43,8 +43,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from .config import RECOGNIZERS, REC_MIN_WIDTH
+
 HEIGHT = 48      # the recognizer's input height (rapidocr config.yaml: rec_img_shape [3, 48, 320])
-MIN_WIDTH = 320  # RapidOCR pads every line to at least its training width, 320 px
+MIN_WIDTH = REC_MIN_WIDTH  # RapidOCR pads every line to at least its training width
 FRAME = 8        # input pixels per output frame
 N_CLASSES = 11   # CTC blank + 10 digits
 DIGITS = "0123456789"
@@ -54,6 +56,7 @@ SOURCES = {
     "ppocr-v6-small": ("rapidocr", "models/PP-OCRv6_rec_small.onnx"),
     "ppocr-v4": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
 }
+assert tuple(SOURCES) == RECOGNIZERS
 INSTALL_HINT = "pip install 'transcribe[transfer]' (rapidocr, onnx, onnx2torch, onnxruntime)"
 
 

@@ -42,35 +42,11 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from . import crops, ctc, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
-from .config import MAX_DIGITS, TARGET, add_dataclass_arguments, from_args, to_dict
+from .config import MAX_DIGITS, TARGET, TransferConfig, from_args, to_dict
 from .runs import save_json
 
 MARGIN = 1.8      # pixels kept around the number box: enough for widening 1.3, jitter and rotation
 CHECKPOINT = "model.pt"
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    recognizer: str = dataclasses.field(default="ppocr-v6-small", metadata={
-        "help": "pretrained recognizer", "choices": tuple(rec.SOURCES)})
-    stretch: float = dataclasses.field(default=1.5, metadata={
-        "help": "crops resized to height 48 and this many times their aspect ratio in width"})
-    widen: float = dataclasses.field(default=1.0, metadata={
-        "help": "evaluation crop: the union of the digit boxes widened by this factor"})
-    min_width: int = dataclasses.field(default=rec.MIN_WIDTH, metadata={
-        "help": "inputs right-padded to at least this width (RapidOCR: 320)"})
-    views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
-    epochs: int = dataclasses.field(default=12, metadata={"help": "passes over the training photos"})
-    batch_size: int = dataclasses.field(default=32, metadata={"help": "photos per step"})
-    lr: float = dataclasses.field(default=3e-4, metadata={"help": "AdamW learning rate of the neck"})
-    head_lr: float = dataclasses.field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
-    weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
-    beam: int = dataclasses.field(default=ctc.BEAM, metadata={"help": "prefix beam width (1: best path)"})
-    head: str = dataclasses.field(default="ctc", metadata={
-        "help": "output layer on the neck: ctc (digits-only CTC, initialized from the recognizer) or "
-                "sequence (the paper's length softmax + 5 digit softmaxes, trained from scratch)",
-        "choices": ("ctc", "sequence")})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of folds, views and training"})
 
 
 # ----------------------------------------------------------------------------- photos and views
@@ -376,17 +352,6 @@ def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads:
     if path is not None:
         runs.atomic_write(path, lambda f: torch.save({"evals": evals, "augmented": augmented}, f))
     return evals, augmented, time.time() - t0
-
-
-def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, TransferConfig)
-    parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
-    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only)")
-    parser.add_argument("--out", required=True, help="run folder to write")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
-    parser.add_argument("--cache-dir", default="data/cache/transfer",
-                        help="where the stem features of the views are cached ('' = no cache)")
 
 
 def run_transfer(args: argparse.Namespace) -> int:
