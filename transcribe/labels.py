@@ -48,7 +48,7 @@ def export(db_url: str, out: str | Path, widen: float = crops.WIDEN) -> dict:
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; give a new folder (an export is never merged into one)")
-    db = reviews.open_db(db_url)
+    db = reviews.open_db(db_url, must_exist=True)
     rows = reviews.reviewed(db)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
@@ -96,7 +96,7 @@ def weighted_threshold(conf, correct, weights, target: float) -> float | None:
 
 
 def rechoose_threshold(db_url: str, target: float, audit_share: float) -> dict:
-    rows = [r for r in reviews.reviewed(reviews.open_db(db_url)) if r.log_prob is not None]
+    rows = [r for r in reviews.reviewed(reviews.open_db(db_url, must_exist=True)) if r.log_prob is not None]
     if not rows:
         raise ValueError(f"{db_url}: no reviewed photo with a model answer yet")
     correct = [(not r.unreadable) and r.review_text == r.text for r in rows]

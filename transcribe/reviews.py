@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, Float, Integer, LargeBinary, String, create_engine, event, func,
                         select, update)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 AUDIT_SHARE = 0.02       # share of accepted answers also sent to (blind) review: 1 in 50
@@ -79,10 +79,14 @@ def db_url(value: str | None, run=None) -> str:
     return value if "://" in value else sqlite_url(value)
 
 
-def open_db(url: str) -> sessionmaker:
+def open_db(url: str, must_exist: bool = False) -> sessionmaker:
     """A session factory on `url`, tables created if missing. SQLite: WAL journal (readers never
-    block the writer; a killed process loses nothing committed), 30 s busy timeout."""
+    block the writer; a killed process loses nothing committed), 30 s busy timeout.
+    must_exist: an SQLite file that does not exist is an error (readers: labels export)."""
     is_sqlite = url.startswith("sqlite")
+    if is_sqlite and must_exist and not Path(url.split("///", 1)[-1]).is_file():
+        raise FileNotFoundError(f"{url.split('///', 1)[-1]}: no such database (`transcribe serve RUN` keeps its "
+                                f"reviews in RUN/reviews.sqlite unless given --db)")
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {},
                            pool_pre_ping=not is_sqlite)
     if is_sqlite:
@@ -92,7 +96,11 @@ def open_db(url: str) -> sessionmaker:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
             cur.close()
-    Base.metadata.create_all(engine)
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as err:  # no such folder, server down, wrong password: one line
+        raise ValueError(f"{engine.url.render_as_string(hide_password=True)}: cannot open the database "
+                         f"({str(err.orig).strip().splitlines()[0]})") from None
     return sessionmaker(engine, expire_on_commit=False)
 
 

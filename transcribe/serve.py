@@ -336,9 +336,10 @@ def create_app(reader, db_url: str, token: str, audit_share: float = reviews.AUD
         return RedirectResponse("/review", status_code=303)
 
     @app.get("/status")
-    async def status_page():
+    async def status_page(request: Request):
         st = await run_in_threadpool(reviews.stats, db)
-        return page("status.html", st=st, model=reader.version_text, audit_share=audit_share)
+        return page("status.html", st=st, model=reader.version_text, audit_share=audit_share,
+                    operator=operator_of(request))
 
     @app.get("/")
     async def home():
