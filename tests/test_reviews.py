@@ -4,13 +4,7 @@ import threading
 
 import pytest
 
-from pg import start_postgres
 from transcribe import reviews
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    yield from start_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

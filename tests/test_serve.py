@@ -21,9 +21,10 @@ pytest.importorskip("fastapi", reason="the 'serve' extra is not installed (pip i
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install -e '.[dev]')")
 
 from PIL import Image  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 from pg import free_port  # noqa: E402
-from transcribe import reviews, svhn  # noqa: E402
+from transcribe import crops, reviews, svhn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
@@ -34,13 +35,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny model trained 4 steps on 40 synthetic photos, with a threshold.json; and the photos."""
+    """A tiny model trained 2 steps on 40 synthetic photos, with a threshold.json; and the photos."""
     import torch
     from transcribe import dataset, model, synth, training
     root = tmp_path_factory.mktemp("serve")
     synth.generate(root / "train", 40, seed=0)
     data_cfg = dataset.DataConfig(train=(str(root / "train"),), val_size=8, seed=0, cache_dir=str(root / "cache"))
-    cfg = training.TrainConfig(out=str(root / "run"), preset="tiny", steps=4, batch_size=8, lr=0.01, eval_every=2,
+    cfg = training.TrainConfig(out=str(root / "run"), preset="tiny", steps=2, batch_size=8, lr=0.01, eval_every=2,
                                eval_limit=0, progress=False, hist_every=0, device="cpu")
     threads = torch.get_num_threads()
     try:
@@ -109,22 +110,35 @@ def post(url: str, photo: bytes, box: str | None = None, key: str | None = None,
                       timeout=30, **kw)
 
 
-def rows(db_path: Path) -> list[reviews.Photo]:
-    db = reviews.open_db(reviews.sqlite_url(db_path))
+def rows(db: Path | str) -> list[reviews.Photo]:
+    """Every stored row, oldest first; `db` is an SQLite file or a database URL."""
+    db = reviews.open_db(db if isinstance(db, str) else reviews.sqlite_url(db))
     with db() as s:
-        return list(s.scalars(reviews.select(reviews.Photo).order_by(reviews.Photo.id)))
+        return list(s.scalars(select(reviews.Photo).order_by(reviews.Photo.id)))
+
+
+def login(url: str, name: str) -> httpx.Client:
+    client = httpx.Client(base_url=url, timeout=30)
+    r = client.post("/login", data={"token": TOKEN, "operator": name, "next": "/review"})
+    assert r.status_code == 303
+    return client
+
+
+def leased_id(client: httpx.Client) -> int | None:
+    m = re.search(r'action="/review/(\d+)"', client.get("/review").text)
+    return int(m.group(1)) if m else None
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_api_needs_a_token_limits_uploads_and_records_every_answer(tiny_run, serve, tmp_path):
+def test_api_needs_a_token_limits_uploads_records_answers_and_leases_photos(tiny_run, serve, tmp_path):
     run, split = tiny_run
     server = serve("--threshold", "0", "--max-bytes", "60000", "--max-pixels", "250000")  # 0: refer every photo
     photo = png_bytes(split.folder / split.records[0].file)
     # anonymous: 401 everywhere, before the body is looked at
     assert httpx.post(server.url + "/v1/transcriptions", files={"photo": photo}).status_code == 401
-    for path in ("/status", "/review", "/metrics", f"/photos/1"):
+    for path in ("/status", "/review", "/metrics", "/photos/1"):
         assert httpx.get(server.url + path).status_code == 401, path
     assert post(server.url, photo, headers={"Authorization": "Bearer wrong"}).status_code == 401
     # limits: bytes (refused from Content-Length), pixels (from the header), only images
@@ -141,7 +155,6 @@ def test_api_needs_a_token_limits_uploads_and_records_every_answer(tiny_run, ser
     assert rows(tmp_path / "reviews.sqlite") == []                   # nothing refused was stored
     # a good photo with its box: answered, referred (threshold 0), recorded
     rec = split.records[0]
-    from transcribe import crops
     box = crops.number_box(rec.boxes)
     r = post(server.url, photo, box=",".join(map(str, box)), key="client-1")
     assert r.status_code == 200, r.text
@@ -163,35 +176,17 @@ def test_api_needs_a_token_limits_uploads_and_records_every_answer(tiny_run, ser
     status = httpx.get(server.url + "/status", headers=auth()).text
     assert '<td id="queue">2</td>' in status and '<td id="coverage">0.0%</td>' in status
     assert httpx.get(server.url + f"/photos/{body['id']}", headers=auth()).content == photo
-
-
-def login(url: str, name: str) -> httpx.Client:
-    client = httpx.Client(base_url=url, timeout=30)
-    r = client.post("/login", data={"token": TOKEN, "operator": name, "next": "/review"})
-    assert r.status_code == 303
-    return client
-
-
-def leased_id(client: httpx.Client) -> int | None:
-    m = re.search(r'action="/review/(\d+)"', client.get("/review").text)
-    return int(m.group(1)) if m else None
-
-
-def test_two_operators_get_different_photos_over_http(tiny_run, serve):
-    run, split = tiny_run
-    server = serve("--threshold", "0")
-    for rec in split.records[:2]:
-        assert post(server.url, png_bytes(split.folder / rec.file)).status_code == 200
+    # the two queued photos: two operators get one each, never the same
     ann, bob = login(server.url, "ann"), login(server.url, "bob")
     a, b = leased_id(ann), leased_id(bob)
     assert a is not None and b is not None and a != b
     assert leased_id(ann) == a                                       # a reload keeps the same photo
-    assert login(server.url, "cid").get("/review").text.count("Nothing to review") == 1
+    assert "Nothing to review" in login(server.url, "cid").get("/review").text
     assert ann.post(f"/review/{a}", data={"text": "42"}).status_code == 303
     assert bob.post(f"/review/{a}", data={"text": "43"}).status_code == 409   # not bob's photo
     assert bob.post(f"/review/{b}", data={"text": "4x"}).status_code == 400
-    wrong = httpx.Client(base_url=server.url).post("/login", data={"token": "nope", "operator": "eve"})
-    assert wrong.status_code == 401
+    assert httpx.post(server.url + "/login", data={"token": "nope", "operator": "eve"}).status_code == 401
+    assert [(r.review_text, r.reviewer) for r in rows(tmp_path / "reviews.sqlite")] == [("42", "ann"), (None, None)]
 
 
 def test_review_three_photos_in_a_real_browser(tiny_run, serve, tmp_path):
@@ -202,7 +197,7 @@ def test_review_three_photos_in_a_real_browser(tiny_run, serve, tmp_path):
     run, split = tiny_run
     server = serve("--threshold", "0")
     for rec in split.records[:3]:
-        box = ",".join(str(v) for v in __import__("transcribe").crops.number_box(rec.boxes))
+        box = ",".join(str(v) for v in crops.number_box(rec.boxes))
         assert post(server.url, png_bytes(split.folder / rec.file), box=box).status_code == 200
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -236,7 +231,8 @@ def test_review_three_photos_in_a_real_browser(tiny_run, serve, tmp_path):
     assert got == [("123", False, "ann"), (None, True, "ann"), ("56", False, "ann")]
 
 
-def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tiny_run, serve, tmp_path):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(database, tiny_run, serve, tmp_path, request):
     """4 clients x 50 photos, each with its own Idempotency-Key; the server is SIGKILLed mid-way and
     restarted; clients retry what failed. Every photo ends accepted or referred exactly once, and
     every answer a client received is the one stored."""
@@ -248,7 +244,14 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tiny_run, serve
                                                    [None] * len(split.records)))
     threshold = (logps[len(logps) // 2 - 1] + logps[len(logps) // 2]) / 2   # about half accepted
     share = 0.5
-    server = serve("--threshold", f"{threshold:.6f}", "--audit", str(share))
+    db: Path | str = tmp_path / "reviews.sqlite"
+    if database == "postgresql":
+        db = request.getfixturevalue("postgres")
+        from sqlalchemy import create_engine
+        engine = create_engine(db)
+        reviews.Base.metadata.drop_all(engine)
+        engine.dispose()
+    server = serve("--threshold", f"{threshold:.6f}", "--audit", str(share), db=str(db))
     answers: dict[str, dict] = {}
     done, errors, lock = [0], [], threading.Lock()
 
@@ -286,7 +289,7 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tiny_run, serve
         t.join(120)
     assert not errors, errors[:5]
     assert 60 <= killed_at < 200 and len(answers) == 200
-    stored = {r.request_key: r for r in rows(tmp_path / "reviews.sqlite")}
+    stored = {r.request_key: r for r in rows(db)}
     assert sorted(stored) == sorted(answers)                                   # 200 rows, one per photo
     for key, body in answers.items():
         row = stored[key]
@@ -337,8 +340,9 @@ def test_a_slow_or_failing_model_gives_a_clear_error_and_the_photo_stays_queued(
         assert ("did not answer within 0.2 s" if mode == "slow" else "CUDA out of memory") in body["error"]
         assert "queued for review" in body["error"]
         # the retry gets the same stored outcome; the photo waits for a person
-        assert client.post("/v1/transcriptions", files={"photo": ("p.png", small_png(), "image/png")},
-                           headers={**auth(), "Idempotency-Key": "k1"}).json() == body
+        again = client.post("/v1/transcriptions", files={"photo": ("p.png", small_png(), "image/png")},
+                            headers={**auth(), "Idempotency-Key": "k1"})
+        assert again.status_code == 503 and again.json() == body
     (row,) = rows(tmp_path / "r.sqlite")
     assert row.needs_review and row.reviewed_at is None and row.image == small_png()
 

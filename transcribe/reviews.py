@@ -215,7 +215,7 @@ def submit(db: sessionmaker, photo_id: int, operator: str, text: str | None, unr
     Accepted only from the operator who holds the lease (even if it lapsed, as long as nobody
     else took the photo since)."""
     now = time.time() if now is None else now
-    if not unreadable and (text is None or not text.isdigit() and text != "" or len(text) > MAX_TEXT):
+    if not unreadable and (text is None or (text != "" and not text.isdigit()) or len(text) > MAX_TEXT):
         raise ValueError(f"a review is digits only (at most {MAX_TEXT}), got {text!r}")
     with db() as s:
         done = s.execute(update(Photo).where(Photo.id == photo_id, _open_queue(), Photo.lease_owner == operator)

@@ -220,8 +220,8 @@ def create_app(reader, db_url: str, token: str, audit_share: float = reviews.AUD
         if not KEY_RE.fullmatch(key):
             return JSONResponse({"error": "Idempotency-Key: 1-200 printable ASCII characters"}, status_code=422)
         row = await run_in_threadpool(reviews.find, db, key)
-        if row is not None and row.status != "pending":
-            return answer(row)  # a retry: the stored answer, no second row
+        if row is not None and row.status != "pending":  # a retry: the stored answer, no second row
+            return answer(row, 200 if row.error is None else 503)
         try:
             if row is None:
                 form = await request.form(max_files=1, max_fields=2)
