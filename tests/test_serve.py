@@ -368,3 +368,18 @@ def test_pages_escape_what_they_show_and_concurrent_requests_are_batched(tmp_pat
     # six photos in fewer forward passes than photos: requests waiting together share a batch
     count = float(re.search(r"transcribe_batch_size_count (\S+)", metrics).group(1))
     assert 1 <= count < 6
+
+
+def test_photos_stored_but_unanswered_before_a_crash_are_read_at_start(tmp_path):
+    from fastapi.testclient import TestClient
+    from transcribe.serve import create_app
+    url = reviews.sqlite_url(tmp_path / "r.sqlite")
+    db = reviews.open_db(url)
+    row, _ = reviews.add_pending(db, "before-the-crash", small_png(), "image/png", 16, 8, None)
+    assert reviews.pending_ids(db) == [row.id]
+    with TestClient(create_app(FakeReader(), url, TOKEN)):
+        deadline = time.monotonic() + 10
+        while reviews.pending_ids(db) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    (stored,) = rows(url)
+    assert (stored.status, stored.text, stored.model_version) == ("accepted", "7", FakeReader.version_text)
