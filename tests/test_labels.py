@@ -9,7 +9,7 @@ from PIL import Image
 
 from transcribe import crops, dataset, reviews, svhn
 from transcribe.cli import main
-from transcribe.labels import digit_boxes, export, weighted_threshold
+from transcribe.labels import digit_boxes, weighted_threshold
 
 
 def photo(seed: int, w: int = 40, h: int = 24) -> tuple[bytes, np.ndarray]:

@@ -28,13 +28,12 @@ from typing import Any
 from sqlalchemy import (JSON, Boolean, Float, Integer, LargeBinary, String, create_engine, event, func,
                         select, update)
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 AUDIT_SHARE = 0.02       # share of accepted answers also sent to (blind) review: 1 in 50
 LEASE_SECONDS = 300.0    # an operator holds a photo this long; then another operator may take it
 Z_95 = 1.959964          # two-sided 95% normal quantile, for the Wilson interval
 MAX_TEXT = 8             # longest review answer stored (SVHN numbers have at most 5 digits)
-STATUSES = ("pending", "accepted", "referred")
 
 
 class Base(DeclarativeBase):
