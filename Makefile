@@ -16,7 +16,8 @@ TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
 .PHONY: help setup test demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
-        learning-curve diagnose check search bench baseline compare figures clean
+        learning-curve diagnose check search bench baseline compare figures clean \
+        serve bench-serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,baseline,transfer]'
+	$(PY) -m pip install -q -e '.[dev,baseline,transfer,serve]'
 	touch $@
 
 setup: $(VENV)/.installed ## .venv with torch 2.14.1 and the package (editable)
@@ -148,6 +149,21 @@ figures: setup ## README figures into docs/figures/ (git-ignored): contact sheet
 	-cp runs/learning-curve/learning_curve.png runs/lr-sweep/lr_sweep.png docs/figures/
 	-chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,1400 \
 	    --screenshot=docs/figures/sample-gallery.png file://$(CURDIR)/$(SAMPLE_RUN)/eval/val/gallery.html
+	-$(PY) scripts/serve_screenshot.py --run $(DEMO_RUN) --photos data/synth/test --out docs/figures
+
+# ---------------------------------------------------------------- the referral service (issue 13)
+# `make serve` answers on http://127.0.0.1:$(SERVE_PORT): POST /v1/transcriptions, /review (the
+# operator page), /status, /metrics. The token is TRANSCRIBE_TOKEN, or one made and printed at start.
+SERVE_RUN  ?= $(DEMO_RUN)
+SERVE_PORT ?= 8000
+serve: setup ## the referral service on the demo run: API, review queue, operator and status pages
+	test -f $(SERVE_RUN)/threshold.json || $(MAKE) demo
+	$(TR) serve $(SERVE_RUN) --port $(SERVE_PORT)
+
+bench-serve: setup ## 16 clients post 2,000 photos to the service: throughput, p50/p99, vs one process
+	test -f $(SERVE_RUN)/threshold.json || $(MAKE) demo
+	$(PY) scripts/bench_serve.py --run $(SERVE_RUN) --photos data/synth/test --n 2000 --clients 16 \
+	    --threads 2 --out runs/bench-serve/bench.json
 
 clean: ## remove run folders and caches (keeps downloaded and synthetic data)
 	rm -rf runs data/cache

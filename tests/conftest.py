@@ -49,3 +49,10 @@ def tiny_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth80")
     synth.generate(root / "train", 80, seed=0)
     return dataset.build_cache(root / "train", out_dir=root / "cache", progress=False)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """URL of a throwaway PostgreSQL server (tests/pg.py); skips with a reason where none is installed."""
+    from pg import start_postgres
+    yield from start_postgres()

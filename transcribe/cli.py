@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("transcribe.studies.search", "hyperparameter search with Optuna (random, grid or TPE)"),
     "check": ("transcribe.studies.checks", "the chapter's debugging checks as a pass/fail table"),
     "bench": ("transcribe.studies.bench", "training, inference and loader throughput on this machine"),
+    "serve": ("transcribe.serve", "the referral service: API, review queue, operator and status pages"),
+    "labels": ("transcribe.labels", "reviewed photos back to training: export a format-1 folder, re-choose the threshold"),
 }
 
 
