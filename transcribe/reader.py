@@ -16,10 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-from transcribe import crops, runs, transfer
-from transcribe.evaluation import predict_images
-from transcribe.sequence import REFUSED_TEXT
-
 MAX_BATCH = 32        # photos per forward pass: the tiny and cpu nets are ~flat in ms/photo past this
 BATCH_WAIT = 0.005    # seconds the first request of a batch waits for company (adds at most 5 ms)
 READ_TIMEOUT = 10.0   # seconds a request waits for the model before it is referred with an error
@@ -37,6 +33,8 @@ class Reader:
     """A run's model, loaded once, with its validation threshold (or `threshold` to override it)."""
 
     def __init__(self, run: str | Path, threshold: float | None = None, checkpoint: str | None = None):
+        # Imported here, not at the top: `transcribe serve --help` must answer without torch.
+        from transcribe import runs, transfer
         run = Path(run)
         saved = runs.read_threshold(run)
         if saved is None and threshold is None:
@@ -64,12 +62,16 @@ class Reader:
 
     def crop_box(self, width: int, height: int, box) -> tuple[float, float, float, float]:
         """The box read: the number's box widened by the run's factor; the whole photo without one."""
+        from transcribe import crops
         if self.transfer:
             return crops.widen(box, self.transfer_cfg.widen) if box is not None else (0.0, 0.0, float(width), float(height))
         return crops.widen(box, self.data_cfg.widen) if box is not None else (0.0, 0.0, float(width), float(height))
 
     def read(self, images: Sequence[np.ndarray], boxes: Sequence) -> list[Reading]:
         """(H, W, 3) uint8 photos with their number boxes (None: the photo is the number) -> readings."""
+        from transcribe import crops, transfer
+        from transcribe.evaluation import predict_images
+        from transcribe.sequence import REFUSED_TEXT
         if not images:
             return []
         if self.transfer:
