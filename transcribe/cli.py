@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("transcribe.evaluation", "write a predictions file and the accuracy-vs-coverage report"),
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
     "predict": ("transcribe.evaluation", "read the number in photos, or refer them to a human"),
+    "export": ("transcribe.export", "write the reader and detector as ONNX (+ JSON) for the torch-free runtime"),
     "compare": ("transcribe.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
     "baseline": ("transcribe.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.methodology", "error against training-set size, with a power-law fit"),

@@ -279,6 +279,10 @@ def add_evaluate_arguments(parser) -> None:
                         help="accuracy the accepted transcriptions must reach (default: 0.98, human level)")
     parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which checkpoint (default: best)")
     parser.add_argument("--n", type=int, default=50, help="photos per gallery section (default: 50)")
+    parser.add_argument("--no-boxes", action="store_true",
+                        help="ignore the given boxes: find the number in each whole photo, then read it; "
+                             "writes RUN/eval/<split>-noboxes (whole.py)")
+    parser.add_argument("--limit", type=int, default=0, help="with --no-boxes: the first LIMIT photos only (0: all)")
 
 
 def run_evaluate(args) -> int:
@@ -287,6 +291,10 @@ def run_evaluate(args) -> int:
     if not 0 < args.target <= 1:
         raise SystemExit(f"--target must be in (0, 1], got {args.target}")
     try:
+        if args.no_boxes:  # whole photos: localize, then read (whole.py)
+            from transcribe.whole import evaluate_without_boxes
+            evaluate_without_boxes(args.run, args.split, args.target, args.checkpoint, args.n, args.limit)
+            return 0
         evaluate(args.run, args.split, args.target, args.checkpoint, args.n)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"transcribe evaluate: {err}", file=sys.stderr)
@@ -341,6 +349,9 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
                                 f"`transcribe evaluate {run} --split val` first")
     model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"))
     threshold = saved["threshold"]
+    if box is None:  # a whole photo: find the number's box first (localize.py via whole.py)
+        from transcribe.whole import read_whole
+        return read_whole(paths, model, data_cfg, threshold)
     crops_, rows, problems = [], [], []
     for path in paths:
         try:
@@ -383,8 +394,11 @@ def add_predict_arguments(parser) -> None:
                         help="photos, or folders (every image in them; the answer is then a CSV)")
     parser.add_argument("--box", default=None, metavar="L,T,W,H",
                         help="the number's box in the photo (pixels); it is widened by the run's factor "
-                             "(write --box=-3,... when left is negative). Without it each image is taken "
-                             "as an already cropped number")
+                             "(write --box=-3,... when left is negative). Without it the number is found "
+                             "in the photo (localize.py; an already cropped number is found too)")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL.onnx",
+                        help="read with files from `transcribe export` instead of --run: no torch needed "
+                             "(pip install 'transcribe[runtime]'; runtime.py)")
     parser.add_argument("--run", type=Path, default=Path(DEFAULT_RUN),
                         help=f"run folder with ckpt-*.pt and threshold.json (default: {DEFAULT_RUN})")
     parser.add_argument("--csv", type=Path, default=None, metavar="OUT",
@@ -408,7 +422,11 @@ def run_predict(args) -> int:
         box = parse_box(args.box) if args.box else None
         if box is not None and len(paths) > 1:
             raise ValueError("--box applies to a single photo; give one image with it")
-        rows, problems = predict(paths, args.run, box)
+        if args.model is not None:  # the light runtime: ONNX files, no torch (runtime.py)
+            from transcribe.runtime import predict as predict_onnx
+            rows, problems = predict_onnx(paths, args.model, box)
+        else:
+            rows, problems = predict(paths, args.run, box)
     except (FileNotFoundError, ValueError) as err:
         print(f"transcribe predict: {err}", file=sys.stderr)
         return 1
