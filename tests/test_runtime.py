@@ -133,3 +133,13 @@ def test_runtime_says_what_is_missing(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "model.onnx"), str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "model.onnx: no such model file" in err and "transcribe export" in err and "Traceback" not in err
+
+
+def test_runtime_says_when_the_model_is_not_onnx(tiny_whole_run, tmp_path, capsys):
+    import shutil
+    run, out, photos, records = tiny_whole_run
+    shutil.copy(out / "model.json", tmp_path / "model.json")
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    assert main(["predict", "--model", str(tmp_path / "model.onnx"), str(photos / records[0].file)]) == 1
+    err = capsys.readouterr().err
+    assert "model.onnx: not a readable ONNX model" in err and "Traceback" not in err

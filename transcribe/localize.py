@@ -131,7 +131,11 @@ def onnx_session(path: str | Path, threads: int = 0):
     opts.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, Fail, NoSuchFile)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PhotoError(f"{path}: not a readable ONNX model ({first[:200]})") from None
 
 
 class Detector:
@@ -244,6 +248,7 @@ class Located:
     source: str            # which candidate: "detection", "merge", "photo", "prior"
     candidates: int        # how many crops were read
     detections: int        # how many text boxes the detector returned
+    boxes: list            # every candidate box, to tell a missing candidate from a wrong choice
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -321,4 +326,4 @@ def locate(image: np.ndarray, detector: Detector, read: Reader, widen: float = c
     best = max(range(len(cands)), key=lambda k: (says_number[k], results[k]["confidence"]))
     box, source = cands[best]
     return Located(box=box, crop_box=crops.widen(box, widen), read=results[best], source=source,
-                   candidates=len(cands), detections=len(boxes))
+                   candidates=len(cands), detections=len(boxes), boxes=[b for b, _ in cands])
