@@ -84,11 +84,13 @@ def test_candidates_join_neighbours_and_include_the_photo():
     assert crops.widen(photo, 1.3) == pytest.approx((0, 0, 100, 80))        # widened: the whole photo
 
 
-def test_locate_keeps_the_reading_with_the_highest_log_probability():
+class _OneBox:
+    def __call__(self, image):
+        return np.array([[40, 20, 30, 30]], float), np.array([0.9])
+
+
+def test_locate_keeps_the_most_probable_reading():
     """The reader, not the detector, chooses; a crop read as nothing or '>5' loses to any number."""
-    class OneBox:
-        def __call__(self, image):
-            return np.array([[40, 20, 30, 30]], float), np.array([0.9])
     calls = []
 
     def read(images):
@@ -99,11 +101,25 @@ def test_locate_keeps_the_reading_with_the_highest_log_probability():
         out[0] = {"pred": "", "confidence": -0.01}        # more probable still, but says no number
         return out
     image = np.zeros((100, 120, 3), np.uint8)
-    loc = localize.locate(image, OneBox(), read, widen=1.3)
-    cands = localize.candidates(OneBox()(image)[0], image.shape[:2], 1.3)
+    loc = localize.locate(image, _OneBox(), read, widen=1.3)
+    cands = localize.candidates(_OneBox()(image)[0], image.shape[:2], 1.3)
     assert calls == [len(cands)] and loc.candidates == len(cands) and loc.detections == 1
     assert loc.read["pred"] == "12" and loc.box == cands[-1][0] and loc.source == cands[-1][1]
     assert loc.crop_box == pytest.approx(crops.widen(loc.box, 1.3))
+
+
+def test_locate_sums_probability_over_the_candidates():
+    """Many crops reading "7" at P = 0.37 outweigh one reading "12" at P = 0.61; the "7" box kept is
+    the one most sure of it."""
+    def read(images):
+        out = [{"pred": "7", "confidence": -1.0} for _ in range(len(images))]
+        out[1] = {"pred": "7", "confidence": -0.9}
+        out[-1] = {"pred": "12", "confidence": -0.5}
+        return out
+    image = np.zeros((100, 120, 3), np.uint8)
+    loc = localize.locate(image, _OneBox(), read, widen=1.3)
+    assert loc.read == {"pred": "7", "confidence": -0.9}
+    assert loc.box == localize.candidates(_OneBox()(image)[0], image.shape[:2], 1.3)[1][0]
 
 
 def test_iou():
