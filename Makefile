@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,baseline,transfer,serve]'
+	$(PY) -m pip install -q -e '.[dev,baseline,transfer,serve,whole]'
 	touch $@
 
 setup: $(VENV)/.installed ## .venv with torch 2.14.1 and the package (editable)

@@ -56,3 +56,36 @@ def postgres():
     """URL of a throwaway PostgreSQL server (tests/pg.py); skips with a reason where none is installed."""
     from pg import start_postgres
     yield from start_postgres()
+
+
+@pytest.fixture(scope="session")
+def tiny_whole_run(tmp_path_factory):
+    """A tiny model trained 4 steps on 40 real photos (format 1, 8 held out), with a refusal
+    threshold written by hand, exported for the runtime: (run, export folder, photo folder, records)."""
+    import json
+    import shutil
+    import torch
+    from transcribe import dataset, export, model, runs, svhn, training
+    sample = _shared("svhn-sample/train")
+    pytest.importorskip("onnxruntime", reason="the 'whole' extra is not installed")
+    root = tmp_path_factory.mktemp("wholerun")
+    records = svhn.read_split(sample).records[:40]
+    photos = root / "photos"
+    photos.mkdir()
+    for r in records:
+        shutil.copy(sample / r.file, photos / r.file)
+    svhn.write_digitstruct(photos / "digitStruct.mat", records)
+    data_cfg = dataset.DataConfig(train=(str(photos),), val_size=8, seed=0, cache_dir=str(root / "cache"))
+    train_cfg = training.TrainConfig(out=str(root / "run"), preset="tiny", steps=4, batch_size=16, lr=0.01,
+                                     eval_every=4, eval_limit=0, progress=False, hist_every=0, device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        run = Path(training.train(model.PRESETS["tiny"], data_cfg, train_cfg))
+    finally:
+        torch.set_num_threads(threads)
+    step = runs.read_checkpoint(run / "ckpt-best.pt")["step"]
+    (run / "threshold.json").write_text(json.dumps({"threshold": -3.0, "target": 0.98, "checkpoint": "best",
+                                                    "step": step, "chosen_on": "val"}))
+    out = root / "export"
+    export.export_run(run, out, formats=("onnx", "torchscript"), say=lambda *a: None)
+    return run, out, photos, records

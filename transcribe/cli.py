@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("transcribe.evaluation", "write a predictions file and the accuracy-vs-coverage report"),
     "gallery": ("transcribe.report", "HTML gallery + contact sheet of the worst mistakes from a predictions file"),
     "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
+    "export": ("transcribe.export", "write the reader and detector as ONNX (+ JSON) for the torch-free runtime"),
     "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
     "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
@@ -149,6 +150,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"accuracy the accepted transcriptions must reach (default: {C.TARGET}, human level)")
     parser.add_argument("--checkpoint", choices=C.CHECKPOINTS, default="best", help="which checkpoint (default: best)")
     parser.add_argument("--n", type=int, default=C.GALLERY_N, help=f"photos per gallery section (default: {C.GALLERY_N})")
+    parser.add_argument("--no-boxes", action="store_true",
+                        help="ignore the given boxes: find the number in each whole photo, then read it; "
+                             "writes RUN/eval/<split>-noboxes (whole.py)")
+    parser.add_argument("--limit", type=int, default=0, help="with --no-boxes: the first LIMIT photos only (0: all)")
 
 
 def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,8 +169,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="photos, or folders (every image in them; the answer is then a CSV)")
     parser.add_argument("--box", default=None, metavar="L,T,W,H",
                         help="the number's box in the photo (pixels); it is widened by the run's factor "
-                             "(write --box=-3,... when left is negative). Without it each image is taken "
-                             "as an already cropped number")
+                             "(write --box=-3,... when left is negative). Without it the number is found "
+                             "in the photo (localize.py; an already cropped number is found too)")
+    parser.add_argument("--model", type=pathlib.Path, default=None, metavar="MODEL.onnx",
+                        help="read with files from `transcribe export` instead of --run: no torch needed "
+                             "(pip install 'transcribe[runtime]'; runtime.py)")
     parser.add_argument("--run", type=pathlib.Path, default=pathlib.Path(C.DEFAULT_RUN),
                         help=f"run folder with ckpt-*.pt and threshold.json (default: {C.DEFAULT_RUN})")
     parser.add_argument("--csv", type=pathlib.Path, default=None, metavar="OUT",

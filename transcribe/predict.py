@@ -71,6 +71,9 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
                                 f"`transcribe evaluate {run} --split val` first")
     model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"))
     threshold = saved["threshold"]
+    if box is None:  # a whole photo: find the number's box first (localize.py via whole.py)
+        from transcribe.whole import read_whole
+        return read_whole(paths, model, data_cfg, threshold)
     crops_, rows, problems = [], [], []
     for path in paths:
         try:
@@ -120,7 +123,11 @@ def run_predict(args) -> int:
         box = parse_box(args.box) if args.box else None
         if box is not None and len(paths) > 1:
             raise ValueError("--box applies to a single photo; give one image with it")
-        rows, problems = predict(paths, args.run, box)
+        if args.model is not None:  # the light runtime: ONNX files, no torch (runtime.py)
+            from transcribe.runtime import predict as predict_onnx
+            rows, problems = predict_onnx(paths, args.model, box)
+        else:
+            rows, problems = predict(paths, args.run, box)
     except (FileNotFoundError, ValueError) as err:
         print(f"transcribe predict: {err}", file=sys.stderr)
         return 1

@@ -228,7 +228,7 @@ def _thumbnails(row: dict, photos: Photos) -> tuple[str | None, str | None]:
     if photo is None:
         return None, None
     box = row.get("box")
-    thumb = draw_boxes(photo, [((255, 40, 40), box)])
+    thumb = draw_boxes(photo, [((40, 170, 40), row.get("true_box")), ((255, 40, 40), box)])  # true box: green
     crop_uri = None
     if box is not None and len(box) == 4:
         crop = crops.crop(np.asarray(photo), box, CACHE_SIZE)

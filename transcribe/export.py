@@ -1,0 +1,172 @@
+"""`transcribe export RUN --format onnx`: the files the torch-free runtime reads.
+
+OUT (default RUN/export) receives
+- model.onnx: the reader, (B, 3, 54, 54) float32 -> log P(L) (B, N + 2) and log P(S_i) (B, N, C),
+  with a dynamic batch dimension; log-softmaxes are inside the graph, so runtime.decode needs
+  only sums and argmaxes;
+- detector.onnx: the text detector localize.py uses, copied from the rapidocr wheel (Apache-2.0;
+  its source and SHA-256 are recorded), so the runtime needs no rapidocr;
+- model.json: what the runtime needs besides the graphs (crop geometry, normalization, head,
+  alphabet, the validation threshold) and where everything came from;
+- with --format torchscript, model.pt as well (a traced module with the same outputs).
+
+The export is checked before it is kept: the ONNX reader and the torch model must give the same
+transcriptions on the check crops (the run's validation crops, or --check-limit of them) and
+log-probabilities within CHECK_TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transcribe import dataset, localize, runtime
+from transcribe.runs import save_json
+
+OPSET = 17               # onnxruntime >= 1.14 runs it; every op the network uses exists there
+CHECK_TOLERANCE = 1e-4   # max |log P| difference torch vs onnxruntime (float32 reassociation: ~1e-6 seen)
+FORMATS = ("onnx", "torchscript")
+
+
+class LogProbs(torch.nn.Module):
+    """The reader with its softmaxes: (B, 3, S, S) -> (log P(L), log P(S_i)), as sequence.decode sees them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        length_logits, digit_logits = self.model(x)
+        return torch.log_softmax(length_logits, -1), torch.log_softmax(digit_logits, -1)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rapidocr_version() -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version("rapidocr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",), checkpoint: str = "best",
+               check_limit: int = 0, say=print) -> dict:
+    """Write OUT/{model.onnx, model.json, detector.onnx[, model.pt]}; returns the check's figures."""
+    from transcribe import runs
+    run = Path(run)
+    out = Path(out) if out is not None else run / "export"
+    model, ckpt, data_cfg = runs.load_run(run, checkpoint)
+    saved = runs.read_threshold(run)
+    if saved is None or saved.get("checkpoint") != checkpoint or saved.get("step") != ckpt.get("step"):
+        raise FileNotFoundError(f"{run / runs.THRESHOLD_FILE}: no validation threshold for ckpt-{checkpoint}.pt "
+                                f"(step {ckpt.get('step')}); run `transcribe evaluate {run} --split val` first")
+    det_src = localize.detector_path()
+    out.mkdir(parents=True, exist_ok=True)
+    net = LogProbs(model.float().eval().to(memory_format=torch.contiguous_format)).eval()
+    cfg = model.cfg
+    x = torch.zeros(2, 3, cfg.in_size, cfg.in_size)
+    tmp = out / "model.onnx.tmp"
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, still exact for this net
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(tmp), input_names=["crops"], output_names=["length_logp", "digit_logp"],
+                          dynamic_axes={"crops": {0: "batch"}, "length_logp": {0: "batch"}, "digit_logp": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    spec = {
+        "format": runtime.FORMAT,
+        "reader": "model.onnx", "detector": "detector.onnx",
+        "input": {"cache_size": data_cfg.size, "crop": data_cfg.crop, "widen": data_cfg.widen,
+                  "pixel_scale": dataset.PIXEL_SCALE, "layout": "NCHW float32, RGB",
+                  "normalization": "crop the number's box widened by `widen` about its centre, resize to "
+                                   "cache_size x cache_size (bilinear), take the centre crop x crop, subtract "
+                                   "the crop's mean over pixels and channels, divide by pixel_scale"},
+        "outputs": {"length_logp": f"(B, {cfg.n_length_classes}) log P(L = n), n = 0..{cfg.max_digits}, "
+                                   f"then '>{cfg.max_digits}'",
+                    "digit_logp": f"(B, {cfg.max_digits}, {cfg.n_digit_classes}) log P(S_i = d)"},
+        "head": cfg.head, "max_digits": cfg.max_digits, "alphabet": "0123456789" + ("_" if cfg.head == "blank" else ""),
+        "refused_text": ">5",
+        "threshold": saved["threshold"], "target": saved.get("target"), "threshold_chosen_on": saved.get("chosen_on"),
+        "run": str(run.resolve()), "checkpoint": checkpoint, "step": ckpt.get("step"),
+        "localize": {"detector_source": f"rapidocr {_rapidocr_version()} wheel: rapidocr/models/{localize.DET_MODEL}",
+                     "detector_sha256": _sha256(det_src), "det_min_side": localize.DET_MIN_SIDE,
+                     "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
+    }
+    # Check before keeping: the graph just written against the torch model on real crops.
+    check = _check(net, tmp, _check_crops(data_cfg, check_limit), spec)
+    if check["differing_transcriptions"] or check["max_abs_logp_diff"] > CHECK_TOLERANCE:
+        raise ValueError(f"{tmp}: the export differs from the torch model ({check}); not kept")
+    tmp.replace(out / "model.onnx")
+    shutil.copyfile(det_src, out / "detector.onnx.tmp")
+    (out / "detector.onnx.tmp").replace(out / "detector.onnx")
+    spec["check"] = check
+    if "torchscript" in formats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(net, x)
+        traced.save(str(out / "model.pt.tmp"))
+        (out / "model.pt.tmp").replace(out / "model.pt")
+        spec["torchscript"] = "model.pt"
+    save_json(spec, out / runtime.SPEC_NAME)
+    say(f"wrote {out / 'model.onnx'}, {out / 'detector.onnx'}, {out / runtime.SPEC_NAME}"
+        + (f", {out / 'model.pt'}" if "torchscript" in formats else ""))
+    say(f"check on {check['crops']} {check['what']}: identical transcriptions "
+        f"{check['crops'] - check['differing_transcriptions']}/{check['crops']}, "
+        f"max |log P| difference {check['max_abs_logp_diff']:.2e}")
+    return spec
+
+
+def _check_crops(data_cfg, limit: int = 0) -> tuple[np.ndarray, str]:
+    """The run's validation crops (what the threshold was chosen on), or their first `limit`."""
+    _, val = dataset.load_splits(data_cfg, progress=False)
+    images = val.images if not limit else val.images[:limit]
+    return images, f"validation crops of {', '.join(data_cfg.train)}"
+
+
+def compare(net, session_path: Path, images: np.ndarray, head: str, crop: int) -> dict:
+    """Torch vs onnxruntime on the same crops: max |log P| difference and differing transcriptions."""
+    from transcribe import sequence
+    session = localize.onnx_session(session_path)
+    diff, differ = 0.0, 0
+    for start in range(0, len(images), runtime.READ_BATCH):
+        part = images[start:start + runtime.READ_BATCH]
+        x = dataset.prepare_batch(part, crop=crop, train=False).contiguous()
+        with torch.no_grad():
+            t_len, t_dig = net(x)
+        o_len, o_dig = session.run(None, {"crops": runtime.prepare(part, crop, dataset.PIXEL_SCALE)})
+        diff = max(diff, float(np.abs(o_len - t_len.numpy()).max()), float(np.abs(o_dig - t_dig.numpy()).max()))
+        torch_texts = sequence.decode(t_len, t_dig, head=head).texts()
+        onnx_texts = [r["pred"] for r in runtime.decode(o_len, o_dig, head)]
+        differ += sum(a != b for a, b in zip(torch_texts, onnx_texts))
+    return {"crops": int(len(images)), "max_abs_logp_diff": diff, "differing_transcriptions": int(differ)}
+
+
+def _check(net, path: Path, crops_and_what, spec) -> dict:
+    images, what = crops_and_what
+    return {**compare(net, path, images, spec["head"], spec["input"]["crop"]), "what": what}
+
+
+def add_export_arguments(parser) -> None:
+    parser.add_argument("run", type=Path, help="run folder (ckpt-best.pt, threshold.json from `evaluate --split val`)")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["onnx"],
+                        help="onnx (always written: the runtime reads it); torchscript adds model.pt")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/export)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
+    parser.add_argument("--check-limit", type=int, default=0,
+                        help="check the export on only the first N validation crops (default 0: all)")
+
+
+def run_export(args) -> int:
+    export_run(args.run, args.out, tuple(args.format), args.checkpoint, args.check_limit)
+    return 0

@@ -1,0 +1,161 @@
+"""Whole photos with a run's torch model: `transcribe predict` without --box, and
+`transcribe evaluate RUN --no-boxes` (localize, read, score as usual).
+
+Every use of the existing run and evaluation code goes through the small adapter at the top
+(`_load_run`, `_split`, `_torch_reader`, `_finish_report`), so moving those functions to other
+modules changes only these lines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transcribe import crops, localize, runtime
+
+# ---------------------------------------------------------------- adapter to the run code
+
+
+def _load_run(run: Path, checkpoint: str):
+    from transcribe import runs
+    return runs.load_run(run, checkpoint)                      # (model, ckpt, data_cfg)
+
+
+def _split(split: str, data_cfg):
+    from transcribe import evaluation
+    return evaluation.split_cache(split, data_cfg), evaluation._split_name(split)
+
+
+def _torch_reader(model, data_cfg):
+    """localize.Reader from a torch model: crops -> evaluation.predict_images rows."""
+    from transcribe import evaluation
+    return lambda images: evaluation.predict_images(model, images, crop=data_cfg.crop)
+
+
+def _write_rows(rows, path):
+    from transcribe import predictions
+    return predictions.write_predictions(rows, path)
+
+
+def _threshold(run: Path) -> dict | None:
+    from transcribe import runs
+    return runs.read_threshold(run)
+
+
+# ---------------------------------------------------------------- predict
+
+
+def read_whole(paths, model, data_cfg, threshold: float | None) -> tuple[list[dict], list[str]]:
+    """evaluation.predict without a box: find the number in each photo (localize.py), read it."""
+    detector = localize.Detector()
+    return runtime.read_photos(paths, _torch_reader(model, data_cfg), detector, threshold,
+                               data_cfg.widen, data_cfg.size)
+
+
+# ---------------------------------------------------------------- evaluate --no-boxes
+
+def _number_box(crop_box, widen: float):
+    """The number's box from the cache's widened crop box (crops.widen inverted)."""
+    return crops.widen(crop_box, 1.0 / widen)
+
+
+def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 0.98, checkpoint: str = "best",
+                           gallery_n: int = 50, limit: int = 0, say=print) -> dict[str, Any]:
+    """Ignore the given boxes: localize, read, write RUN/eval/<split>-noboxes/{predictions.jsonl,
+    report.json, report.md, gallery.html}. Each row holds the predicted crop box ("box"), the true
+    one ("true_box") and their number boxes' IoU. The report adds the share with IoU >= 0.5 and,
+    beside the figures, the with-box figures of RUN/eval/<split>/report.json when that exists."""
+    from transcribe import metrics, report
+    from transcribe.runs import save_json
+    run = Path(run)
+    model, ckpt, data_cfg = _load_run(run, checkpoint)
+    cache, name = _split(split, data_cfg)
+    indices = np.arange(len(cache)) if not limit else np.arange(min(limit, len(cache)))
+    out = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}") + "-noboxes")
+    detector, read = localize.Detector(), _torch_reader(model, data_cfg)
+    rows, sources, reachable = [], {}, []
+    started = time.perf_counter()
+    for i in indices.tolist():
+        path = cache.path(i)
+        true_box = [float(v) for v in cache.boxes[i]]
+        try:
+            image = localize.load_photo(path)
+        except localize.PhotoError as err:
+            say(f"unreadable: {err}")
+            continue
+        loc = localize.locate(image, detector, read, data_cfg.widen, data_cfg.size)
+        truth_box = _number_box(true_box, data_cfg.widen)
+        overlap = localize.iou(loc.box, truth_box)
+        reachable.append(max(localize.iou(b, truth_box) for b in loc.boxes))
+        sources[loc.source] = sources.get(loc.source, 0) + 1
+        rows.append({"image": str(Path(path).resolve()), "file": str(cache.files[i]), "truth": cache.text(i),
+                     **loc.read, "box": [round(float(v), 2) for v in loc.crop_box],
+                     "true_box": [round(v, 2) for v in true_box], "iou": round(overlap, 4),
+                     "source": loc.source, "candidates": loc.candidates})
+    seconds = time.perf_counter() - started
+    if not rows:
+        raise ValueError(f"{split}: no readable photos")
+    _write_rows(rows, out / "predictions.jsonl")
+    rep = metrics.report(rows, target=target)
+    ious = np.array([r["iou"] for r in rows])
+    saved = _threshold(run)
+    with_box_threshold = None
+    if saved is not None and saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint:
+        with_box_threshold = metrics.report(rows, threshold=saved["threshold"], target=target,
+                                            threshold_source="chosen on validation with boxes")["threshold"]
+    with_boxes = None
+    with_path = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}")) / "report.json"
+    if with_path.is_file():
+        prev = json.loads(with_path.read_text())
+        with_boxes = {"photos": prev.get("n_scored"), "sequence_accuracy": prev.get("sequence_accuracy"),
+                      "coverage": prev.get("best_at_target", {}).get("coverage"), "source": str(with_path)}
+    rep["localization"] = {"iou_at_least_0.5": float((ious >= 0.5).mean()), "mean_iou": float(ious.mean()),
+                           "some_candidate_iou_at_least_0.5": float((np.array(reachable) >= 0.5).mean()),
+                           "chosen_from": sources, "seconds_per_photo": seconds / len(rows),
+                           "with_box_threshold_applied": with_box_threshold, "with_boxes": with_boxes}
+    rep["split"] = split
+    rep["checkpoint"] = {"name": checkpoint, "step": ckpt.get("step")}
+    save_json(rep, out / "report.json")
+    title = f"{run.name}: {out.name} (boxes found by transcribe, not given)"
+    tmp = out / "report.md.tmp"
+    tmp.write_text(metrics.to_markdown(rep, title=title) + _markdown(rep["localization"], rep))
+    tmp.replace(out / "report.md")
+    gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out))
+    say(summary(rep, out.name))
+    say(f"report: {out / 'report.md'}")
+    say(f"gallery: {gallery['gallery']}  (red: the box found; green: the true box)")
+    return {"report": rep, "out": out}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def summary(rep: dict, name: str) -> str:
+    loc, th = rep["localization"], rep["best_at_target"]
+    lines = [f"{name}: {rep['n_scored']} photos, no boxes given",
+             f"  localization IoU >= 0.5   {_pct(loc['iou_at_least_0.5'])} (mean IoU {loc['mean_iou']:.3f}; "
+             f"chosen from {', '.join(f'{k} {v}' for k, v in sorted(loc['chosen_from'].items()))})",
+             f"  some candidate IoU >= 0.5 {_pct(loc['some_candidate_iou_at_least_0.5'])} (the most the reader's "
+             f"choice could reach)",
+             f"  sequence accuracy         {_pct(rep['sequence_accuracy'])}",
+             f"  coverage at {_pct(rep['target'])}       {_pct(th['coverage'])} (threshold chosen on these photos)"]
+    if loc["with_box_threshold_applied"]:
+        t = loc["with_box_threshold_applied"]
+        lines.append(f"  with the with-box validation threshold: coverage {_pct(t['coverage'])}, "
+                     f"accuracy there {_pct(t['accuracy'])}")
+    if loc["with_boxes"]:
+        w = loc["with_boxes"]
+        lines.append(f"  with the given boxes      accuracy {_pct(w['sequence_accuracy'])}, coverage at "
+                     f"{_pct(rep['target'])} {_pct(w['coverage'])} ({w['photos']} photos)")
+    lines.append(f"  {loc['seconds_per_photo']:.3f} s per photo (detector + every candidate read)")
+    return "\n".join(lines)
+
+
+def _markdown(loc: dict, rep: dict) -> str:
+    return "\n## Without boxes\n\n```\n" + summary(rep, "this split") + "\n```\n"
+
