@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from transcribe import crops, dataset, reviews, svhn
+from transcribe.config import WIDEN
 from transcribe.cli import main
 from transcribe.labels import digit_boxes, weighted_threshold
 
@@ -44,7 +45,7 @@ def test_export_writes_a_format1_folder_the_data_path_reads(tmp_path, capsys):
     # the digit boxes tile the number's box; a photo sent whole gets the box that widens back to the photo
     assert crops.number_box(split.records[0].boxes) == pytest.approx((4.0, 3.0, 30.0, 15.0))
     assert len(split.records[0].boxes) == 3
-    assert crops.widen(crops.number_box(split.records[1].boxes), crops.WIDEN) == pytest.approx((0, 0, 40, 24))
+    assert crops.widen(crops.number_box(split.records[1].boxes), WIDEN) == pytest.approx((0, 0, 40, 24))
     for record, index in zip(split.records, (0, 2, 4)):   # lossless PNGs of what was uploaded
         assert np.array_equal(svhn.load_image(tmp_path / "out" / record.file), pixels[index])
     cache = dataset.build_cache(tmp_path / "out", out_dir=tmp_path / "cache", progress=False)

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from transcribe import crops, localize, svhn
+from transcribe.config import WIDEN
 
 pytest.importorskip("onnxruntime", reason="the 'whole' extra is not installed")
 
@@ -38,7 +39,7 @@ def test_some_candidate_overlaps_the_true_box(svhn_fixtures, detector):
         for record in svhn.read_split(svhn_fixtures / split).records[:3]:
             image = localize.load_photo(svhn_fixtures / split / record.file)
             boxes, _ = detector(image)
-            cands = localize.candidates(boxes, image.shape[:2], crops.WIDEN)
+            cands = localize.candidates(boxes, image.shape[:2], WIDEN)
             best[f"{split}/{record.file}"] = max(localize.iou(b, crops.number_box(record.boxes)) for b, _ in cands)
     assert {k for k, v in best.items() if v < 0.5} == {"test/3.png"}, best
 

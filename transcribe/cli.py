@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"transcribe {name}", description=COMMANDS[name][1])
     add_arguments(name)(sub)
     args = sub.parse_args(rest)
+    module, run = COMMANDS[name][0], f"run_{fn}"
+    if name == "evaluate" and args.no_boxes:  # whole photos: localize, then read (whole.py reads evaluation.py)
+        module, run = "transcribe.whole", "run_evaluate_without_boxes"
     try:
-        result = getattr(importlib.import_module(COMMANDS[name][0]), f"run_{fn}")(args)
+        result = getattr(importlib.import_module(module), run)(args)
     except KeyboardInterrupt:
         print(f"transcribe {name}: interrupted", file=sys.stderr)
         return 130
@@ -190,6 +193,16 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
     parser.add_argument("--cache-dir", default="data/cache/transfer",
                         help="where the stem features of the views are cached ('' = no cache)")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=pathlib.Path, help="run folder (ckpt-best.pt, threshold.json from `evaluate --split val`)")
+    parser.add_argument("--format", nargs="+", choices=C.EXPORT_FORMATS, default=["onnx"],
+                        help="onnx (always written: the runtime reads it); torchscript adds model.pt")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: RUN/export)")
+    parser.add_argument("--checkpoint", choices=C.CHECKPOINTS, default="best", help="which checkpoint (default: best)")
+    parser.add_argument("--check-limit", type=int, default=0,
+                        help="check the export on only the first N validation crops (default 0: all)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ TARGET = 0.98
 
 # ---------------------------------------------------------------- run folders and reports
 CHECKPOINTS = ("best", "last")  # RUN/ckpt-<name>.pt, the --checkpoint choices
+EXPORT_FORMATS = ("onnx", "torchscript")  # `transcribe export --format`
 DEFAULT_RUN = "runs/svhn"       # the Makefile's RUN: where `transcribe predict` looks by default
 GALLERY_N = 50                  # photos per gallery section
 # `transcribe data`

@@ -188,10 +188,6 @@ def run_evaluate(args) -> int:
     if not 0 < args.target <= 1:
         raise SystemExit(f"--target must be in (0, 1], got {args.target}")
     try:
-        if args.no_boxes:  # whole photos: localize, then read (whole.py)
-            from transcribe.whole import evaluate_without_boxes
-            evaluate_without_boxes(args.run, args.split, args.target, args.checkpoint, args.n, args.limit)
-            return 0
         evaluate(args.run, args.split, args.target, args.checkpoint, args.n)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"transcribe evaluate: {err}", file=sys.stderr)

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from transcribe import dataset, localize, runtime
+from transcribe.config import EXPORT_FORMATS
 from transcribe.runs import save_json
 
 OPSET = 17               # onnxruntime >= 1.14 runs it; every op the network uses exists there
 CHECK_TOLERANCE = 1e-4   # max |log P| difference torch vs onnxruntime (float32 reassociation: ~1e-6 seen)
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS
 
 
 class LogProbs(torch.nn.Module):
@@ -155,16 +156,6 @@ def compare(net, session_path: Path, images: np.ndarray, head: str, crop: int) -
 def _check(net, path: Path, crops_and_what, spec) -> dict:
     images, what = crops_and_what
     return {**compare(net, path, images, spec["head"], spec["input"]["crop"]), "what": what}
-
-
-def add_export_arguments(parser) -> None:
-    parser.add_argument("run", type=Path, help="run folder (ckpt-best.pt, threshold.json from `evaluate --split val`)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["onnx"],
-                        help="onnx (always written: the runtime reads it); torchscript adds model.pt")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/export)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
-    parser.add_argument("--check-limit", type=int, default=0,
-                        help="check the export on only the first N validation crops (default 0: all)")
 
 
 def run_export(args) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from transcribe import crops, reviews, svhn
+from transcribe.config import WIDEN
 
 MAX_DIGITS = svhn.MAX_DIGITS
 
@@ -42,7 +43,7 @@ def number_box(row: reviews.Photo, widen: float) -> tuple[float, float, float, f
     return crops.widen((0.0, 0.0, float(row.width), float(row.height)), 1 / widen)
 
 
-def export(db_url: str, out: str | Path, widen: float = crops.WIDEN) -> dict:
+def export(db_url: str, out: str | Path, widen: float = WIDEN) -> dict:
     """Write the reviewed, numbered photos as a format-1 folder at `out` (which must not exist);
     returns counts. Built in a temp folder beside `out` and renamed into place."""
     out = Path(out)
@@ -116,9 +117,9 @@ def add_labels_arguments(parser) -> None:
         where.add_argument("--db", help="database URL or SQLite file (as given to `transcribe serve --db`)")
         if name == "export":
             p.add_argument("--out", type=Path, required=True, help="new folder to write")
-            p.add_argument("--widen", type=float, default=crops.WIDEN,
+            p.add_argument("--widen", type=float, default=WIDEN,
                            help=f"the training run's box widening, for photos sent without a box "
-                                f"(default: {crops.WIDEN})")
+                                f"(default: {WIDEN})")
         else:
             p.add_argument("--target", type=float, default=0.98, help="accuracy to reach (default: 0.98)")
             p.add_argument("--audit", type=float, default=reviews.AUDIT_SHARE,

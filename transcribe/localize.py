@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from transcribe import crops
+from transcribe.config import CACHE_SIZE, WIDEN
 
 Box = tuple[float, float, float, float]  # (left, top, width, height), photo pixels
 
@@ -313,8 +314,8 @@ def candidates(detections: np.ndarray, shape: tuple[int, int], widen: float) -> 
 Reader = Callable[[np.ndarray], list]  # (N, S, S, 3) uint8 crops -> N dicts with "pred" and "confidence"
 
 
-def locate(image: np.ndarray, detector: Detector, read: Reader, widen: float = crops.WIDEN,
-           size: int = crops.SIZE) -> Located:
+def locate(image: np.ndarray, detector: Detector, read: Reader, widen: float = WIDEN,
+           size: int = CACHE_SIZE) -> Located:
     """Detect, crop every candidate as the cache builder would, read them all, let the reader choose.
 
     The box is unknown, so the reader's transcription is marginalized over it, with the same prior

@@ -22,9 +22,8 @@ import numpy as np
 
 from transcribe import crops, svhn
 from transcribe.config import CACHE_SIZE, DEFAULT_RUN, WIDEN
-from transcribe.evaluation import predict_images
-from transcribe.runs import THRESHOLD_FILE, atomic_write, load_run, read_threshold
-from transcribe.sequence import REFUSED_TEXT
+# The torch path (evaluation, runs, sequence) is imported inside predict(): `predict --model`
+# runs on the light runtime (runtime.py) where torch is not installed.
 from transcribe.svhn import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -64,6 +63,9 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     Returns (rows, problems): rows with file, pred, confidence (log P(S|X)), probability, decision,
     box; problems = unreadable photos (each also a row with decision "unreadable").
     """
+    from transcribe.evaluation import predict_images
+    from transcribe.runs import THRESHOLD_FILE, load_run, read_threshold
+    from transcribe.sequence import REFUSED_TEXT
     run = Path(run)
     saved = read_threshold(run)
     if saved is None:
@@ -134,6 +136,7 @@ def run_predict(args) -> int:
     for problem in problems:
         print(f"unreadable: {problem}", file=sys.stderr)
     if args.csv:
+        from transcribe.runs import atomic_write
         atomic_write(args.csv, _csv_text(rows))
     if folders and not args.csv:
         sys.stdout.write(_csv_text(rows))

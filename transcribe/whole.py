@@ -63,6 +63,14 @@ def _number_box(crop_box, widen: float):
     return crops.widen(crop_box, 1.0 / widen)
 
 
+def run_evaluate_without_boxes(args) -> int:
+    """`transcribe evaluate RUN --split S --no-boxes` (cli.py routes the flag here)."""
+    if not 0 < args.target <= 1:
+        raise SystemExit(f"--target must be in (0, 1], got {args.target}")
+    evaluate_without_boxes(args.run, args.split, args.target, args.checkpoint, args.n, args.limit)
+    return 0
+
+
 def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 0.98, checkpoint: str = "best",
                            gallery_n: int = 50, limit: int = 0, say=print) -> dict[str, Any]:
     """Ignore the given boxes: localize, read, write RUN/eval/<split>-noboxes/{predictions.jsonl,
