@@ -135,6 +135,13 @@ cv-table: setup ## every system on the same 5 folds of the sample: mean ± sd (a
 	    rapidocr-v6-s1.5=runs/baseline/rapidocr-v6-s1.5-all/predictions.jsonl \
 	    rapidocr-v6-s1.0=runs/baseline/rapidocr-v6-s1.0-all/predictions.jsonl \
 	    rapidocr-v4=runs/baseline/rapidocr-v4-all/predictions.jsonl
+	# the same systems on the 200 photos of the usual validation split (10%, seed 0): out of fold as well
+	$(PY) scripts/cv_table.py --folds 5 --seed 0 --json runs/cv-table-val200.json \
+	    --subset runs/baseline/rapidocr-w1.0-val/predictions.jsonl \
+	    transfer=$(TRANSFER_RUN)/eval/cv/predictions.jsonl \
+	    v6-digits-head-step0=$(TRANSFER_RUN)/eval/step0/predictions.jsonl \
+	    rapidocr-v6-s1.5=runs/baseline/rapidocr-v6-s1.5-all/predictions.jsonl \
+	    rapidocr-v4=runs/baseline/rapidocr-v4-all/predictions.jsonl
 
 compare: setup ## our sample model against the OCR baseline on the same validation photos
 	$(TR) compare $(SAMPLE_RUN)/eval/val runs/baseline/rapidocr-w1.0-val runs/baseline/rapidocr-w1.3-val \

@@ -18,7 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from transcribe import predictions, transfer
+import numpy as np
+
+from transcribe import metrics, predictions, transfer
 
 
 def main() -> int:
@@ -41,8 +43,9 @@ def main() -> int:
     if args.subset:
         keep = {str(Path(r["image"]).resolve()) for r in predictions.read_predictions(args.subset)}
     table = []
-    print("| system | confidence | photos | sequence accuracy | coverage at 98% (out-of-sample thresholds) | best coverage |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| system | confidence | photos | sequence accuracy | coverage at 98% (out-of-sample thresholds) | best coverage "
+          "| all photos pooled: accuracy, best coverage |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, path, key in specs:
         rows = {str(Path(r["image"]).resolve()): r for r in predictions.read_predictions(path)}
         if set(rows) != set(order):
@@ -60,10 +63,14 @@ def main() -> int:
             f2 = [[index[i] for i in f if i in index] for f in folds]
             ordered = sub
         s = transfer.fold_summary(ordered, f2, args.seed, key)
-        table.append({"system": name, "confidence": key, "photos": len(ordered), **s})
+        correct = metrics.correctness(ordered)
+        pooled = {"sequence_accuracy": float(correct.mean()),
+                  "best_coverage": metrics.best_at_target(np.array([r[key] for r in ordered], dtype=float), correct)["coverage"]}
+        table.append({"system": name, "confidence": key, "photos": len(ordered), "pooled": pooled, **s})
         print(f"| {name} | {key} | {len(ordered)} | {100 * s['sequence_accuracy']['mean']:.2f} ± {100 * s['sequence_accuracy']['std']:.2f}% | "
               f"{100 * s['coverage']['mean']:.2f} ± {100 * s['coverage']['std']:.2f}% | "
-              f"{100 * s['best_coverage']['mean']:.2f} ± {100 * s['best_coverage']['std']:.2f}% |")
+              f"{100 * s['best_coverage']['mean']:.2f} ± {100 * s['best_coverage']['std']:.2f}% | "
+              f"{100 * pooled['sequence_accuracy']:.2f}%, {100 * pooled['best_coverage']:.2f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     return 0
