@@ -79,3 +79,8 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     with torch.no_grad():
         texts = [r.text for r in ctc.decode(model(batch))]
     assert texts[0] == "19"  # 1.png
+    # `transcribe predict` reads with the shipped model and its out-of-fold threshold
+    csv_out = tmp_path / "answers.csv"
+    assert cli.main(["predict", str(folder / "1.png"), "--box", "246,77,173,223", "--run", str(out),
+                     "--csv", str(csv_out)]) == 0
+    assert csv_out.read_text().splitlines()[1].split(",")[3] != ""  # a log P(S|X) for the photo

@@ -67,6 +67,8 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     from transcribe.runs import THRESHOLD_FILE, load_run, read_threshold
     from transcribe.sequence import REFUSED_TEXT
     run = Path(run)
+    if (run / "model.pt").is_file():  # a fine-tuned line recognizer (`transcribe transfer`)
+        return _predict_transfer(paths, run, box)
     saved = read_threshold(run)
     if saved is None:
         raise FileNotFoundError(f"{run / THRESHOLD_FILE}: no refusal threshold yet; run "
@@ -96,6 +98,30 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
         accept = threshold is not None and d["confidence"] >= threshold and not refused
         row.update(pred=d["pred"], confidence=d["confidence"], probability=math.exp(d["confidence"]),
                    decision="accept" if accept else "refer")
+    return rows, problems
+
+
+def _predict_transfer(paths: Sequence[str | Path], run: Path, box=None) -> tuple[list[dict], list[str]]:
+    """predict() for a transfer run: its threshold was chosen on the out-of-fold predictions.
+    Without a box the photo is read as an already cropped number (no localization yet)."""
+    from transcribe.reader import Reader
+    reader = Reader(run)
+    rows, problems, images, boxes, where = [], [], [], [], []
+    for path in paths:
+        try:
+            image = svhn.load_image(path)
+        except DataError as err:
+            problems.append(str(err))
+            rows.append({"file": str(path), "pred": "", "confidence": None, "probability": None,
+                         "decision": "unreadable", "box": None})
+            continue
+        where.append(len(rows))
+        rows.append({"file": str(path)})
+        images.append(image)
+        boxes.append(box)
+    for i, reading in zip(where, reader.read(images, boxes) if images else []):
+        rows[i].update(pred=reading.text, confidence=reading.log_prob, probability=math.exp(reading.log_prob),
+                       decision="accept" if reading.accepted else "refer", box=list(reading.box))
     return rows, problems
 
 

@@ -227,7 +227,9 @@ class LineRecognizer(nn.Module):
 
     def from_stem(self, features: torch.Tensor) -> torch.Tensor:
         """(B, 384, 1, W/8) stem features -> (B, W/8, 11) log-probabilities."""
-        return self.head(self.neck(features))
+        with warnings.catch_warnings():  # onnx2torch's Slice indexes with a list; checked equal to onnxruntime
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+            return self.head(self.neck(features))
 
     def train(self, mode: bool = True):
         super().train(mode)
