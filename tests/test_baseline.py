@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from transcribe import crops, recognizer
 from transcribe.studies import baseline
 
 # A toy recognizer alphabet: column 0 is the CTC blank, characters[i] is column i + 1.
@@ -25,13 +26,13 @@ def frames(*rows):
 
 
 def test_digit_columns_fold_typographic_variants():
-    cols = baseline.digit_columns(CHARS)
+    cols = recognizer.digit_columns(CHARS)
     assert cols[1] == [ONE, FW_ONE] and cols[9] == [NINE] and cols[0] == [CHARS.index("0") + 1]
     with pytest.raises(ValueError, match="no column for digit"):
-        baseline.digit_columns(CHARS[:6])  # only 1 and 9 present
+        recognizer.digit_columns(CHARS[:6])  # only 1 and 9 present
 
 
-COLS = baseline.digit_columns(CHARS)
+COLS = recognizer.digit_columns(CHARS)
 
 
 def test_restricted_decoding_reads_digits_where_full_argmax_reads_letters():
@@ -75,11 +76,11 @@ def test_scores_match_their_hand_computation():
 
 def test_cut_keeps_aspect_and_clamps_to_the_photo():
     image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
-    assert baseline.cut(image, (2, 3, 8, 4)).shape == (4, 8, 3)
-    strip = baseline.cut(image, (-5, -5, 10, 30))  # leaves the photo: clamped, not padded
+    assert crops.strip(image, (2, 3, 8, 4)).shape == (4, 8, 3)
+    strip = crops.strip(image, (-5, -5, 10, 30))  # leaves the photo: clamped, not padded
     assert strip.shape == (10, 5, 3) and (strip == image[:, :5]).all()
     with pytest.raises(ValueError, match="outside"):
-        baseline.cut(image, (25, 0, 5, 5))
+        crops.strip(image, (25, 0, 5, 5))
 
 
 def test_tesseract_tsv_parsing():
@@ -114,7 +115,7 @@ def test_our_filter_decoding_equals_the_engines_own_text(svhn_fixtures):
     split = svhn.read_split(svhn_fixtures / "train")
     for record in split.records:
         image = svhn.load_image(svhn_fixtures / "train" / record.file)
-        strip = baseline.cut(image, baseline.crop_box(record.boxes, 1.3))
+        strip = crops.strip(image, baseline.crop_box(record.boxes, 1.3))
         (text, score), = theirs([np.ascontiguousarray(strip[:, :, ::-1])])[0]  # the engine reads BGR
         ours = baseline.decode_filter(engine.probs(strip), engine.characters)
         assert ours.text == "".join(c for c in text if c in "0123456789")
@@ -184,5 +185,5 @@ def test_tesseract_reads_a_real_photo(svhn_fixtures):
     engine = baseline.Tesseract(threads=1)
     record = svhn.read_split(svhn_fixtures / "train").records[0]
     image = svhn.load_image(svhn_fixtures / "train" / record.file)
-    reading = engine.read(baseline.cut(image, baseline.crop_box(record.boxes, 1.0)), "digits", "mean")
+    reading = engine.read(crops.strip(image, baseline.crop_box(record.boxes, 1.0)), "digits", "mean")
     assert reading.text == "19" and reading.confidence <= 0  # Tesseract 5.3 reads it (the val split: 38%)

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
 pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
 
-from transcribe import ctc, recognizer, svhn  # noqa: E402
+from transcribe import crops, ctc, recognizer, svhn  # noqa: E402
 from transcribe.studies import baseline  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def _crops(svhn_fixtures):
     for split in ("train", "test", "extra"):
         for rec in svhn.read_split(svhn_fixtures / split).records:
             image = svhn.load_image(svhn_fixtures / split / rec.file)
-            out.append((rec.text, baseline.cut(image, baseline.crop_box(rec.boxes, 1.0))))
+            out.append((rec.text, crops.strip(image, baseline.crop_box(rec.boxes, 1.0))))
     return out
 
 

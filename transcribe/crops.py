@@ -85,3 +85,18 @@ def crop_number(image: np.ndarray, boxes: Sequence[Sequence[float]], factor: flo
     """The whole sec. 5.1 recipe: union of digit boxes, widened, cropped. Returns (crop, crop box)."""
     box = widen(number_box(boxes), factor)
     return crop(image, box, size), box
+
+
+def strip(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The box's pixels, clamped to the photo, aspect ratio kept: (h, w, 3) uint8.
+
+    For line recognizers (studies/baseline.py, transfer.py): unlike crop() it neither pads nor
+    resizes, since a recognizer reads a strip of any width, and padding a photo's edge with black
+    would add a dark bar the engine may read as '1'."""
+    l, t, w, h = box
+    H, W = image.shape[:2]
+    x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
+    x1, y1 = min(W, int(math.ceil(l + w))), min(H, int(math.ceil(t + h)))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"box {tuple(box)} lies outside the {W}x{H} photo")
+    return image[y0:y1, x0:x1]

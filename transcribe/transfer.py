@@ -93,20 +93,8 @@ def photo_from(image: np.ndarray, box, path: str, text: str | None = None) -> Ph
     return Photo(path, text, image[y0:y1, x0:x1].copy(), (l - x0, t - y0, w, h))
 
 
-def cut(region: np.ndarray, box) -> np.ndarray:
-    """The box's pixels, clamped to the region; aspect ratio kept (a line recognizer reads a
-    strip of any width; black padding would be read as a '1')."""
-    l, t, w, h = box
-    H, W = region.shape[:2]
-    x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
-    x1, y1 = min(W, int(math.ceil(l + w))), min(H, int(math.ceil(t + h)))
-    if x1 - x0 < 1 or y1 - y0 < 1:
-        raise ValueError(f"box {box} lies outside the {W}x{H} photo")
-    return region[y0:y1, x0:x1]
-
-
 def eval_view(photo: Photo, cfg: TransferConfig) -> torch.Tensor:
-    return rec.to_input(cut(photo.region, crops.widen(photo.box, cfg.widen)), cfg.stretch)
+    return rec.to_input(crops.strip(photo.region, crops.widen(photo.box, cfg.widen)), cfg.stretch)
 
 
 def train_view(photo: Photo, cfg: TransferConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -125,7 +113,7 @@ def train_view(photo: Photo, cfg: TransferConfig, rng: np.random.Generator) -> t
         img = ImageEnhance.Color(img).enhance(rng.uniform(0.0, 1.5))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * h / 48))
-    crop = cut(np.asarray(img), (cx - w2 / 2, cy - h2 / 2, w2, h2))
+    crop = crops.strip(np.asarray(img), (cx - w2 / 2, cy - h2 / 2, w2, h2))
     return rec.to_input(crop, cfg.stretch * rng.uniform(0.85, 1.15))
 
 

@@ -68,6 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe import crops
+
 DIGITS = "0123456789"
 ENGINES = ("rapidocr", "rapidocr-v6", "tesseract")  # rapidocr: PP-OCRv4; rapidocr-v6: PP-OCRv6 small
 DECODES = ("digits", "filter")
@@ -119,20 +121,6 @@ def _log(x: float) -> float:
     return max(math.log(x), LOG_FLOOR) if x > 0 else LOG_FLOOR
 
 
-def digit_columns(characters: list[str]) -> list[list[int]]:
-    """For each digit d, the output columns (1 + index into `characters`; column 0 is the CTC
-    blank) of every character that NFKC-normalizes to d ('1', fullwidth '１', circled '①')."""
-    cols: list[list[int]] = [[] for _ in DIGITS]
-    for i, ch in enumerate(characters):
-        norm = unicodedata.normalize("NFKC", ch)
-        if len(norm) == 1 and norm in DIGITS:
-            cols[int(norm)].append(i + 1)
-    missing = [d for d in range(10) if not cols[d]]
-    if missing:
-        raise ValueError(f"recognizer's character set has no column for digit(s) {missing}")
-    return cols
-
-
 def _collapse(best: np.ndarray) -> np.ndarray:
     """Indices of frames that emit a character in greedy CTC: not blank (0), not a repeat."""
     keep = best != 0
@@ -180,21 +168,6 @@ def crop_box(digit_boxes, widen: float) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in crops.widen(crops.number_box(digit_boxes), widen))
 
 
-def cut(image: np.ndarray, box) -> np.ndarray:
-    """The box's pixels, clamped to the photo, aspect ratio kept. (H, W, 3) uint8.
-
-    Unlike crops.crop we neither pad nor resize: a recognizer reads a strip of any width,
-    and padding a photo's edge with black would add a dark bar the engine may read as '1'.
-    """
-    l, t, w, h = box
-    H, W = image.shape[:2]
-    x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
-    x1, y1 = min(W, int(math.ceil(l + w))), min(H, int(math.ceil(t + h)))
-    if x1 - x0 < 1 or y1 - y0 < 1:
-        raise ValueError(f"box {box} lies outside the {W}x{H} photo")
-    return image[y0:y1, x0:x1]
-
-
 # ----------------------------------------------------------------------------- engines
 
 class RapidOCR:
@@ -219,7 +192,7 @@ class RapidOCR:
                                             providers=["CPUExecutionProvider"])
         # The character list is stored in the model's metadata, one per line (as RapidOCR reads it).
         self.characters = self.session.get_modelmeta().custom_metadata_map["character"].splitlines()
-        self.columns = digit_columns(self.characters)
+        self.columns = recognizer.digit_columns(self.characters)
         self.input_name = self.session.get_inputs()[0].name
         package = recognizer.SOURCES[REC_MODELS[engine]][0]
         self.version = _dist_version(package)
@@ -399,7 +372,7 @@ def predict_photos(engine, items, cfg: BaselineConfig, progress: bool = True):
             image = svhn.load_image(path)
             start = time.perf_counter()
             box = crop_box(rec.boxes, cfg.crop_widen)
-            strip = cut(image, box)
+            strip = crops.strip(image, box)
         except (svhn.DataError, ValueError) as e:
             problems.append({"file": rec.file, "problem": str(e) if str(e).startswith(str(path)) else f"{path}: {e}",
                              "skipped": True})
@@ -421,7 +394,7 @@ def decoding_table(engine: "RapidOCR", items, widen: float, target: float = 0.98
     variants = [("filter", "mean")] + [("digits", s) for s in SCORES]
     results: dict[tuple[str, str], list[tuple[bool, float]]] = {v: [] for v in variants}
     for path, rec in items:
-        probs = engine.probs(cut(svhn.load_image(path), crop_box(rec.boxes, widen)))
+        probs = engine.probs(crops.strip(svhn.load_image(path), crop_box(rec.boxes, widen)))
         for decode, score in variants:
             r = decode_filter(probs, engine.characters) if decode == "filter" else \
                 decode_digits(probs, engine.columns, score)
