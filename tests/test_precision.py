@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 
 class FakeTimer:
-    """Each timed call lasts the next of `durations` seconds (float32's calls come first)."""
+    """Each timed call lasts the next of `durations` seconds."""
 
     def __init__(self, durations):
         self.durations, self.now, self.reads = list(durations), 0.0, 0
@@ -32,7 +32,7 @@ def no_timer():
 
 
 def scripted(off: float, bf16: float) -> FakeTimer:
-    return FakeTimer([off] * precision.TIMED_CALLS + [bf16] * precision.TIMED_CALLS)
+    return FakeTimer([off, bf16] * precision.TIMED_CALLS)  # the calls take turns: float32, bf16, ...
 
 
 def test_pick_wants_bf16_clearly_faster():
@@ -41,11 +41,12 @@ def test_pick_wants_bf16_clearly_faster():
     assert precision.pick({"off": 1.0, "bf16": 2.0}) == "off"
 
 
-def test_time_calls_takes_the_median_of_the_timed_calls():
+def test_time_calls_takes_turns_and_the_median():
     calls = []
-    timer = FakeTimer([3.0, 1.0, 2.0])
-    assert precision.time_calls(lambda: calls.append(1), timer, warmup=2, calls=3) == 2.0
-    assert len(calls) == 5
+    timer = FakeTimer([3.0, 10.0, 1.0, 30.0, 2.0, 20.0])
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    assert precision.time_calls(fns, timer, warmup=2, calls=3) == {"a": 2.0, "b": 20.0}
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
 
 
 @pytest.mark.parametrize("off,bf16,want", [(0.2, 0.1, "bf16"), (0.1, 0.2, "off")])

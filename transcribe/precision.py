@@ -41,7 +41,7 @@ CACHE_FILE = "precision.json"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that do bf16 arithmetic natively
 BF16_MARGIN = 1.10     # bf16 must be >10% faster: differences below that are noise on a shared machine
 WARMUP_CALLS = 2       # untimed calls per precision (oneDNN picks and caches its kernels on the first)
-TIMED_CALLS = 3        # timed calls per precision; the median decides
+TIMED_CALLS = 5        # timed calls per precision, interleaved with the other's; the median decides
 
 
 def cpu_name() -> str:
@@ -77,17 +77,20 @@ def autocast_for(amp: str, device_type: str) -> Callable[[], contextlib.Abstract
     return contextlib.nullcontext
 
 
-def time_calls(fn: Callable[[], object], timer: Callable[[], float] = time.perf_counter,
-               warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS) -> float:
-    """Median seconds of one call of `fn` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_calls(fns: dict[str, Callable[[], object]], timer: Callable[[], float] = time.perf_counter,
+               warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS) -> dict[str, float]:
+    """Median seconds of one call of each of `fns` after `warmup` untimed calls each. The timed
+    calls take turns (a, b, a, b, ...), so other jobs on a shared machine slow both alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(calls):
-        t = timer()
-        fn()
-        times.append(timer() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = timer()
+            fn()
+            times[name].append(timer() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def pick(seconds: dict[str, float]) -> str:
@@ -111,11 +114,9 @@ def measure(kind: str, model_cfg, batch: int, crop: int, device: torch.device,
         digits = torch.randint(0, 10, (batch, 5), device=device)                  # (B, 5)
         digits[torch.arange(5, device=device)[None, :] >= lengths[:, None]] = -1
         model.train(kind == "train")
-        seconds = {}
+        steps = {}
         for amp in ("off", "bf16"):
-            autocast = autocast_for(amp, device.type)
-
-            def step():
+            def step(autocast=autocast_for(amp, device.type)):
                 if kind == "infer":
                     with torch.inference_mode(), autocast():
                         model(x)
@@ -126,8 +127,8 @@ def measure(kind: str, model_cfg, batch: int, crop: int, device: torch.device,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            seconds[amp] = time_calls(step, timer)
-    return seconds
+            steps[amp] = step
+        return time_calls(steps, timer)
 
 
 def cache_key(kind: str, model_cfg, batch: int, crop: int) -> str:
