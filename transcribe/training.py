@@ -51,13 +51,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.tensorboard import SummaryWriter
-from transcribe.progress import Progress
 
 from transcribe import config as configlib
 from transcribe import dataset, precision, sequence
 from transcribe import model as modellib
 from transcribe.cli import add_train_arguments
 from transcribe.config import MAX_DIGITS, RESUMABLE_CHANGES, TrainConfig
+from transcribe.progress import Progress
 from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
                              git_commit, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
 
@@ -470,6 +470,14 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 dist.broadcast(t, 0)
                 return bool(t.item())
 
+            def schedule_seconds() -> float:  # rank 0's clock on every rank: the rate follows it
+                seconds = elapsed_before + time.time() - t_start
+                if not procs.ddp or cfg.max_seconds <= 0:
+                    return seconds
+                t = torch.tensor([seconds], dtype=torch.float64, device=device)
+                dist.broadcast(t, 0)
+                return float(t.item())
+
             def evaluate_log_checkpoint(step: int, lr: float, batch_loss: float | None, ratios: dict) -> None:
                 """Evaluate, append a metrics row, print a line, write checkpoints (rank 0); update
                 early stopping and plateau state (all ranks, from rank 0's numbers)."""
@@ -516,7 +524,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
 
             model.train()
             while step < cfg.steps and not state["stopped"]:
-                lr = get_lr(step, cfg, state["plateau"]["scale"], elapsed_before + time.time() - t_start)
+                lr = get_lr(step, cfg, state["plateau"]["scale"], schedule_seconds())
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 instrument = writer is not None and cfg.hist_every > 0 and (step + 1) % cfg.hist_every == 0
