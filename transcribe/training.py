@@ -456,6 +456,8 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 amp = precision.resolve(cfg.amp, "train", model_cfg, micro, data_cfg.crop, device,
                                         cfg.deterministic, log=print if master else (lambda _: None))
                 autocast = precision.autocast_for(amp, device.type)
+                if master:
+                    print(f"precision: {'bf16 autocast' if amp == 'bf16' else 'float32'} (--amp auto)")
             writer = open_run_folder(out, model_cfg, data_cfg, cfg, state, resumed) if master else None
             pbar = None  # a bar on a terminal, plain lines in a log (progress.py)
             if master and cfg.progress:
