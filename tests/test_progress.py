@@ -64,3 +64,20 @@ def test_training_without_a_terminal_prints_progress_lines(tiny_cache, tmp_path,
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("  step ")]
     assert [line.split()[1] for line in lines] == ["2/6,", "4/6,", "6/6,"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_a_bar_to_whichever_budget_ends_first():
+    out = Terminal()
+    p = Progress(steps=100, max_seconds=50.0, batch_size=8, stream=out)
+    for step in range(1, 41):
+        p.update(step, elapsed=step * 1.0, loss=1.5 if step % 20 == 0 else None)
+    p.write("an evaluation line")
+    p.close()
+    text = out.getvalue()
+    assert p.bar.n == 800                      # 40 s of a 50 s budget: 80%, though only 40% of the steps
+    assert "step 40/100, loss 1.5000, 8 img/s" in text
