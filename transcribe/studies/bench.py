@@ -108,6 +108,27 @@ def _rate(fn, items_per_call: int, seconds: float, warmup: int, sync=lambda: Non
     return items_per_call / statistics.median(times)
 
 
+def _rates_in_turns(fns: dict, items_per_call: int, seconds: float, warmup: int, sync=lambda: None) -> dict:
+    """{name: items/s} like `_rate`, for several functions whose timed calls take turns (a, b,
+    a, b, ...) for >= `seconds` in all: a shared machine's load then slows each alike, where
+    measuring one after the other once read bf16 at half float32's rate and, minutes later, at
+    twice it."""
+    import statistics
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        sync()
+    times: dict = {name: [] for name in fns}
+    start = time.perf_counter()
+    while min(len(t) for t in times.values()) < MIN_CALLS or time.perf_counter() - start < seconds:
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {name: items_per_call / statistics.median(t) for name, t in times.items()}
+
+
 def peak_flops(device: str, precision: str, seconds: float) -> dict:
     """{"flop_s", "by"}: the best measured FLOP/s of square matmuls (2 N^3 FLOPs each, N in
     PEAK_SIZES until one call takes over a third of `seconds`) and of one 3x3 convolution
@@ -233,7 +254,7 @@ def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> 
     infer_flops = fc.get_total_flops() / 2
     opt.zero_grad(set_to_none=True)
 
-    rows, steps = [], {}
+    rows, steps, infers = [], {}, {}
     for precision in args.precisions:
         autocast = autocast_for("bf16" if precision == "bf16" else "off", device)
 
@@ -249,15 +270,19 @@ def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> 
             with torch.inference_mode(), autocast():
                 run(x)
 
-        row = {"preset": name, "batch": batch, "precision": precision, "params": count_parameters(model),
-               "train_flops_per_image": train_flops, "infer_flops_per_image": infer_flops}
-        row["train_img_s"] = _rate(lambda: step(x, lengths, digits), batch, args.seconds, args.warmup, sync)
+        rows.append({"preset": name, "batch": batch, "precision": precision, "params": count_parameters(model),
+                     "train_flops_per_image": train_flops, "infer_flops_per_image": infer_flops})
+        steps[precision], infers[precision] = step, infer
+    # the precisions take turns (bf16, float32, bf16, ...), so other jobs slow them alike
+    train_rates = _rates_in_turns({p: (lambda f=f: f(x, lengths, digits)) for p, f in steps.items()},
+                                  batch, args.seconds, args.warmup, sync)
+    model.eval()
+    infer_rates = _rates_in_turns(infers, batch, args.seconds, args.warmup, sync)
+    model.train()
+    for row in rows:
+        row["train_img_s"] = train_rates[row["precision"]]
         row["train_flop_s"] = row["train_img_s"] * train_flops
-        model.eval()
-        row["infer_img_s"] = _rate(infer, batch, args.seconds, args.warmup, sync)
-        model.train()
-        rows.append(row)
-        steps[precision] = step
+        row["infer_img_s"] = infer_rates[row["precision"]]
     fastest = max(rows, key=lambda r: r["train_img_s"])
     step = steps[fastest["precision"]]
 
