@@ -3,9 +3,9 @@
 `--amp auto` used to mean "bf16 on CUDA, float32 on the CPU". Whether bf16 is faster on a CPU
 depends on the processor, not on the device type: measured with `transcribe bench`, the `cpu`
 preset (batch 64, channels_last, 2 cores) trains at 110 img/s in float32 and 212 img/s under bf16
-autocast on an Intel Xeon with AMX, and about 30 vs 70 img/s on a 2-core AMD EPYC with
-avx512_bf16 (Zen 4); a processor with neither instruction runs bf16 in emulation, slower than
-float32. So on the CPU:
+autocast on an Intel Xeon with AMX, and 117 vs 204 img/s on a 2-core AMD EPYC with
+avx512_bf16 (Zen 4, quiet; README "Speed"); a processor with neither instruction runs bf16 in
+emulation, slower than float32 (6-30x on an earlier machine). So on the CPU:
 
 1. the processor's flags (/proc/cpuinfo) rule bf16 out when it has no bf16 instructions
    (neither avx512_bf16 nor amx_bf16): no measurement, float32;
