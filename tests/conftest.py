@@ -89,3 +89,15 @@ def tiny_whole_run(tmp_path_factory):
     out = root / "export"
     export.export_run(run, out, formats=("onnx", "torchscript"), say=lambda *a: None)
     return run, out, photos, records
+
+
+@pytest.fixture(autouse=True, scope="session")
+def precision_cache(tmp_path_factory):
+    """`--amp auto` caches its measured choice (precision.py): in a folder of this session, not
+    in the developer's ~/.cache (the variable reaches torchrun's processes too)."""
+    from transcribe import precision
+    folder = tmp_path_factory.mktemp("precision-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSCRIBE_CACHE_DIR", str(folder))
+        mp.setattr(precision, "CACHE_DIR", folder)
+        yield folder

@@ -178,3 +178,18 @@ def test_diagnose_command_reads_a_run(tmp_path, capsys):
     assert "OVERFITTING" in out and "20.00%" in out and "learning-curve" in out
     with pytest.raises(SystemExit, match="metrics.jsonl"):
         main(["diagnose", str(tmp_path / "missing")])
+
+
+def test_diagnose_names_a_truncated_schedule(tmp_path, capsys):
+    from transcribe.cli import main
+    train = {"steps": 3000, "lr": 0.05, "schedule": "linear", "max_seconds": 600}
+    last = dict(step=1260, lr=0.029, train_loss=0.5, train_seq_acc=0.7, train_char_acc=0.9,
+                val_loss=0.6, val_seq_acc=0.68, val_char_acc=0.9, seconds=600.0)
+    assert "600 s budget ran out at step 1,260 of 3,000 (42%)" in M.truncated_schedule(train, last)
+    assert M.truncated_schedule(train, dict(last, lr=0.0001)) is None        # decayed in time
+    assert M.truncated_schedule(train, dict(last, step=3000)) is None        # ran all its steps
+    assert M.truncated_schedule(dict(train, schedule="const"), last) is None  # nothing to decay
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(last) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"train": train}))
+    assert main(["diagnose", str(tmp_path)]) == 0
+    assert "truncated schedule" in capsys.readouterr().out

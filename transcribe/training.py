@@ -40,7 +40,6 @@ import functools
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +51,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from transcribe import config as configlib
-from transcribe import dataset, sequence
+from transcribe import dataset, precision, sequence
 from transcribe import model as modellib
 from transcribe.cli import add_train_arguments
 from transcribe.config import MAX_DIGITS, RESUMABLE_CHANGES, TrainConfig
+from transcribe.progress import Progress
 from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
                              git_commit, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
 
@@ -70,8 +69,16 @@ PROGRESS_POSTFIX_EVERY = 20  # steps between progress-bar loss updates (.item() 
 # The learning rate: a pure function of the step (and, for "plateau", a scale kept in the
 # checkpoint).
 
-def get_lr(step: int, cfg: TrainConfig, scale: float = 1.0) -> float:
-    """Learning rate for optimizer step `step` (0-based) of `cfg.steps`."""
+def get_lr(step: int, cfg: TrainConfig, scale: float = 1.0, elapsed: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `cfg.steps`, `elapsed` seconds into
+    the run.
+
+    The linear and exp schedules decay over whichever budget ends the run first: with
+    `--max-seconds` the step counts as at least the share of `cfg.steps` that the share of the
+    time spent stands for (progress = max(step/steps, elapsed/max_seconds)), so a run stopped by
+    the clock at 42% of its steps still ends at lr_floor. Without `--max-seconds` the rate is a
+    pure function of the step, and a resumed run is bit-identical to an uninterrupted one; with
+    it, the rate depends on the clock, so only step-budget runs resume exactly."""
     if cfg.warmup > 0 and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "const":
@@ -79,6 +86,8 @@ def get_lr(step: int, cfg: TrainConfig, scale: float = 1.0) -> float:
     if cfg.schedule == "plateau":
         return cfg.lr * scale
     span = max(1, cfg.steps - 1 - cfg.warmup)
+    if cfg.max_seconds > 0:  # the step the time spent stands for: steps - 1 when the budget is spent
+        step = max(step, (cfg.steps - 1) * min(1.0, elapsed / cfg.max_seconds))
     progress = min(1.0, max(0.0, (step - cfg.warmup) / span))  # 0 after warm-up -> 1 at last step
     if cfg.schedule == "linear":
         return cfg.lr + (cfg.lr_floor - cfg.lr) * progress
@@ -443,10 +452,16 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             data = load_data(data_cfg, cfg, procs)
             n_train, steps_per_epoch = len(data.images), len(data.images) // cfg.batch_size
             raw_model, model, optimizer, state = build_model(model_cfg, data_cfg, cfg, procs, last_path, resumed)
+            if cfg.amp == "auto":  # bf16 where a few measured steps say it is faster (precision.py)
+                amp = precision.resolve(cfg.amp, "train", model_cfg, micro, data_cfg.crop, device,
+                                        cfg.deterministic, log=print if master else (lambda _: None))
+                autocast = precision.autocast_for(amp, device.type)
+                if master:
+                    print(f"precision: {'bf16 autocast' if amp == 'bf16' else 'float32'} (--amp auto)")
             writer = open_run_folder(out, model_cfg, data_cfg, cfg, state, resumed) if master else None
-            pbar = None
-            if master and cfg.progress and sys.stderr.isatty():
-                pbar = tqdm(total=cfg.steps, initial=state["step"], unit="step", dynamic_ncols=True)
+            pbar = None  # a bar on a terminal, plain lines in a log (progress.py)
+            if master and cfg.progress:
+                pbar = Progress(cfg.steps, cfg.max_seconds, cfg.batch_size, state["step"], state["elapsed"])
             log = pbar.write if pbar is not None else print
             t_start, elapsed_before = time.time(), state["elapsed"]  # seconds: this session, earlier ones
 
@@ -456,6 +471,14 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 t = torch.tensor([1.0 if flag else 0.0], device=device)
                 dist.broadcast(t, 0)
                 return bool(t.item())
+
+            def schedule_seconds() -> float:  # rank 0's clock on every rank: the rate follows it
+                seconds = elapsed_before + time.time() - t_start
+                if not procs.ddp or cfg.max_seconds <= 0:
+                    return seconds
+                t = torch.tensor([seconds], dtype=torch.float64, device=device)
+                dist.broadcast(t, 0)
+                return float(t.item())
 
             def evaluate_log_checkpoint(step: int, lr: float, batch_loss: float | None, ratios: dict) -> None:
                 """Evaluate, append a metrics row, print a line, write checkpoints (rank 0); update
@@ -503,7 +526,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
 
             model.train()
             while step < cfg.steps and not state["stopped"]:
-                lr = get_lr(step, cfg, state["plateau"]["scale"])
+                lr = get_lr(step, cfg, state["plateau"]["scale"], schedule_seconds())
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 instrument = writer is not None and cfg.hist_every > 0 and (step + 1) % cfg.hist_every == 0
@@ -547,9 +570,8 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                             writer.add_scalar(f"update_ratio/{name}", r, step + 1)
                 step += 1
                 if pbar is not None:
-                    pbar.update(1)
-                    if step % PROGRESS_POSTFIX_EVERY == 0:
-                        pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+                    pbar.update(step, elapsed_before + time.time() - t_start,
+                                loss.item() if step % PROGRESS_POSTFIX_EVERY == 0 else None)
 
                 out_of_time = agree(cfg.max_seconds > 0 and elapsed_before + time.time() - t_start > cfg.max_seconds)
                 if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:

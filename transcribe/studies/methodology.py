@@ -533,18 +533,45 @@ def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics row to judge: best validation (what is kept) or last")
 
 
+TRUNCATED_LR = 0.25  # a decaying schedule that ended above this share of its peak rate never decayed
+
+
+def truncated_schedule(train: dict, last: dict) -> str | None:
+    """A sentence when the run stopped (by --max-seconds or patience) before its linear/exp
+    schedule had lowered the rate, else None: its errors then describe an unfinished run, not
+    the rate. `train` is config.json's "train", `last` the last metrics row."""
+    steps, lr, peak = train.get("steps"), _as_float(last.get("lr")), _as_float(train.get("lr"))
+    if train.get("schedule") not in ("linear", "exp") or not steps or not math.isfinite(lr) or not peak > 0:
+        return None
+    step = int(last.get("step") or 0)
+    if step >= steps or lr <= TRUNCATED_LR * peak:
+        return None
+    why = (f"its {train['max_seconds']:g} s budget ran out" if train.get("max_seconds") else "it stopped early")
+    return (f"truncated schedule: {why} at step {step:,} of {steps:,} ({100 * step / steps:.0f}%), with the "
+            f"rate still at {lr:.3g} ({100 * lr / peak:.0f}% of its {peak:g} peak); the rate never decayed, so "
+            f"judge the rate only after a run whose schedule ends (fewer --steps for the budget, or a schedule "
+            f"that follows --max-seconds)")
+
+
 def run_diagnose(args: argparse.Namespace) -> int:
-    from transcribe.runs import read_metrics
+    from transcribe.runs import read_config, read_metrics
     try:
-        e = run_errors(read_metrics(args.run))
+        rows = read_metrics(args.run)
+        e = run_errors(rows)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"transcribe diagnose: {err}") from None
+    try:
+        truncated = truncated_schedule(read_config(args.run).get("train", {}), rows[-1])
+    except (OSError, ValueError):  # metrics without a config.json: nothing to compare the rate with
+        truncated = None
     row = e[args.row]
     d = diagnose(row["train_err"], row["val_err"], args.test_error, 1 - args.target, args.chance,
                  nonfinite=e["nonfinite"])
     print(f"run {args.run}, {args.row} row (step {row['step']}): train loss {row['train_loss']:.4g}, "
           f"validation loss {row['val_loss']:.4g}")
     print(f"regime: {d.regime.upper()}")
+    if truncated:
+        print(f"  ! {truncated}")
     for r in d.reasons:
         print(f"  - {r}")
     print("next:")
