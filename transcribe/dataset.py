@@ -132,7 +132,10 @@ def _crop_one(task: tuple[str, str, tuple, float, int]) -> tuple[np.ndarray | No
         return None, (0.0, 0.0, 0.0, 0.0), f"unreadable image: {why}", None
     record = svhn.Record(file=name, digits=(0,) * len(boxes), boxes=boxes)
     note = svhn.box_problem(record, image.shape[1], image.shape[0])
-    out, box = crops.crop_number(image, boxes, factor, size)
+    try:
+        out, box = crops.crop_number(image, boxes, factor, size)
+    except ValueError as e:  # a box far beyond the photo (crops.unusable_box): counted, skipped
+        return None, (0.0, 0.0, 0.0, 0.0), f"unusable box: {str(e).removeprefix('crop: ')}", None
     return out, box, None, note
 
 

@@ -1,0 +1,249 @@
+"""Issue 11: crafted and damaged input, one test per row of its table. Each ends in one clear
+line naming the file (DataError / ValueError / OSError, which `transcribe` prints as one line
+and exits 1), or a counted problem where the command skips bad photos, and nothing half-written
+is left behind. The random versions of these inputs are in test_fuzz.py."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from transcribe import crops, dataset, fetch, matreader, report, runs, svhn
+from transcribe.config import CacheConfig
+from transcribe.svhn import DataError, Record
+
+REF = h5py.ref_dtype
+
+
+def _mat(path, build):
+    """A MATLAB-layout file (512-byte user block, old-style groups) whose /digitStruct/name and
+    /digitStruct/bbox hold the references `build(f, refs)` returns as two lists."""
+    with h5py.File(path, "w", userblock_size=512, libver="earliest") as f:
+        refs = f.create_group("#refs#")
+        names, boxes = build(f, refs)
+        f.create_dataset("digitStruct/name", data=np.array(names, dtype=REF).reshape(-1, 1))
+        f.create_dataset("digitStruct/bbox", data=np.array(boxes, dtype=REF).reshape(-1, 1))
+    return path
+
+
+def _name(refs, key, text="1.png"):
+    return refs.create_dataset(key, data=np.frombuffer(text.encode("utf-16-le"), "<u2").reshape(-1, 1)).ref
+
+
+def _box(refs, key, value=None):
+    g = refs.create_group(key)
+    for field, v in zip(matreader.MAT_FIELDS, (20.0, 1.0, 2.0, 10.0, 3.0)):
+        g.create_dataset(field, data=np.array([[v if value is None else value]]))
+    return g
+
+
+# ------------------------------------------------------------- digitStruct.mat
+
+@pytest.mark.parametrize("target", ["group", "datatype"])
+@pytest.mark.parametrize("where", ["name", "bbox", "value"])
+def test_mat_reference_to_a_group_or_datatype_is_a_data_error(tmp_path, where, target):
+    def build(f, refs):
+        odd = refs.create_group("odd") if target == "group" else None
+        if target == "datatype":
+            refs["odd"] = np.dtype("<f8")  # a committed (named) datatype
+            odd = refs["odd"]
+        box = _box(refs, "b")
+        if where == "value":  # a two-digit field whose second reference is the odd object
+            del box["label"]
+            box.create_dataset("label", data=np.array([[_box(refs, "v")["label"].ref], [odd.ref]], dtype=REF))
+        name = odd.ref if where == "name" else _name(refs, "n")
+        return [name], [odd.ref if where == "bbox" else box.ref]
+
+    path = _mat(tmp_path / "digitStruct.mat", build)
+    for fast in (True, False):  # the fast reader falls back; h5py alone names the problem too
+        svhn._FAST_PARSER = fast
+        try:
+            with pytest.raises(DataError, match=rf"^{path}: entry 1 of 1 is damaged"):
+                svhn.read_entries(path)
+        finally:
+            svhn._FAST_PARSER = True
+
+
+def test_mat_declared_sizes_are_checked_before_copying(tmp_path):
+    """300 entries whose names all point at one 0.25 M-character dataset: read whole, 300 times,
+    that was 150 MB copied; now refused before copying (peak of Python/numpy allocations)."""
+    def build(f, refs):
+        big = refs.create_dataset("big", data=np.full((250_000, 1), ord("x"), "<u2"))
+        box = _box(refs, "b")
+        return [big.ref] * 300, [box.ref] * 300
+
+    path = _mat(tmp_path / "digitStruct.mat", build)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"declares 250000 elements"):
+            svhn.read_entries(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * os.path.getsize(path), peak  # was ~300x the file
+
+
+def test_mat_shared_objects_are_parsed_once(tmp_path, monkeypatch):
+    """300 entries sharing one struct of 4,096 links: its links are read once, not 300 times."""
+    def build(f, refs):
+        box = _box(refs, "b")
+        for i in range(4_091):
+            box[f"x{i}"] = box["label"]  # hard links: the same dataset under more names
+        return [_name(refs, f"n{i}", f"{i + 1}.png") for i in range(300)], [box.ref] * 300
+
+    path = _mat(tmp_path / "digitStruct.mat", build)
+    calls = []
+    real = matreader.MatParser._group
+    monkeypatch.setattr(matreader.MatParser, "_group", lambda self, addr: calls.append(addr) or real(self, addr))
+    monkeypatch.setattr(svhn, "_read_entries_h5py", lambda *a: pytest.fail("fell back to h5py"))
+    entries = svhn.read_entries(path)
+    assert len(entries) == 300 and entries[0].boxes == ((1.0, 2.0, 10.0, 20.0),)
+    assert len(calls) == 1
+
+
+def test_mat_declaring_more_entries_than_the_file_holds(tmp_path):
+    def build(f, refs):
+        return [_name(refs, "n")], [_box(refs, "b").ref]
+
+    path = _mat(tmp_path / "digitStruct.mat", build)
+    with h5py.File(path, "r+") as f:  # a dataset whose declared shape outgrows the file
+        del f["digitStruct/name"]
+        f.create_dataset("digitStruct/name", shape=(10**9, 1), dtype=REF)
+    with pytest.raises(DataError, match=r"declares 1,000,000,000 entries"):
+        svhn.read_entries(path)
+
+
+# ------------------------------------------------------------- tar archives
+
+def _tar(path, members):
+    """A .tar.gz of (TarInfo fields, content) pairs, written in order."""
+    with tarfile.open(path, "w:gz") as tar:
+        for fields, content in members:
+            info = tarfile.TarInfo(fields.pop("name"))
+            for k, v in fields.items():
+                setattr(info, k, v)
+            info.size = len(content or b"")
+            tar.addfile(info, io.BytesIO(content) if content else None)
+    return path
+
+
+def test_tar_symlink_chain_is_refused_before_anything_is_written(tmp_path):
+    """Each link alone stays inside; together `e/x` lands two folders above the target. Every
+    link member is refused now, before the first member is written."""
+    outside = tmp_path / "outside"
+    dest = outside / "a" / "dest"
+    archive = _tar(tmp_path / "chain.tar.gz", [
+        ({"name": "train/1.png"}, b"png"),
+        ({"name": "d", "type": tarfile.SYMTYPE, "linkname": "."}, None),
+        ({"name": "d/d2", "type": tarfile.SYMTYPE, "linkname": "."}, None),
+        ({"name": "d/d2/e", "type": tarfile.SYMTYPE, "linkname": "../.."}, None),
+        ({"name": "e/x"}, b"escaped")])
+    with pytest.raises(DataError, match=rf"^{archive}: member 'd' is a symbolic link"):
+        fetch.extract(archive, dest, progress=False)
+    assert list(dest.iterdir()) == [] and not (outside / "x").exists()
+
+
+@pytest.mark.parametrize("kind, what", [(tarfile.LNKTYPE, "hard link"), (tarfile.CHRTYPE, "device"),
+                                        (tarfile.BLKTYPE, "device"), (tarfile.FIFOTYPE, "device, pipe")])
+def test_tar_links_devices_and_pipes_are_refused(tmp_path, kind, what):
+    archive = _tar(tmp_path / "a.tar.gz", [({"name": "train/1.png"}, b"png"),
+                                           ({"name": "train/odd", "type": kind, "linkname": "1.png"}, None)])
+    with pytest.raises(DataError, match=rf"member 'train/odd' is a {what}"):
+        fetch.extract(archive, tmp_path / "dest", progress=False)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+# ------------------------------------------------------------- boxes and photos
+
+def _png(path, width=40, height=30):
+    Image.new("RGB", (width, height), (200, 120, 40)).save(path)
+    return path
+
+
+def _bomb(path, width=50_000, height=50_000):
+    """A 1x1 PNG whose header then declares width x height pixels (7.5 GB decoded), CRC fixed."""
+    import struct
+    import zlib
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+HUGE = [(1.0, 1.0, 1e7, 1e7), (1e300, 2.0, 3.0, 4.0), (-1e300, 2.0, 1e300, 4.0)]
+
+
+def test_cache_build_counts_huge_boxes_and_keeps_the_rest(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    recs = [Record("1.png", (1,), ((5.0, 5.0, 10.0, 10.0),))]
+    recs += [Record(f"{i + 2}.png", (2,), (box,)) for i, box in enumerate(HUGE)]
+    recs += [Record("9.png", (3,), ((float("nan"), 1.0, 2.0, 3.0),)), Record("10.png", (4,), ((1.0, 1.0, -5.0, 3.0),))]
+    for r in recs:
+        _png(folder / r.file)
+    svhn.write_digitstruct(folder / "digitStruct.mat", recs)
+    summary = dataset.load_summary(dataset.build_cache(folder, out_dir=tmp_path / "cache", progress=False))
+    assert summary["usable"] == 1 and summary["skipped"] == 5
+    assert summary["by_kind"] == {"unusable box": 3, "invalid box": 2}
+    bad = [p for p in summary["problems"] if p["problem"].startswith("unusable box")]
+    assert "px beyond the 40x30 photo" in bad[0]["problem"] and bad[0]["file"] == "2.png"
+
+
+def test_predict_box_beyond_the_photo_is_refused_naming_the_file(tmp_path):
+    from transcribe import predict
+    photo = _png(tmp_path / "p.png")
+    for text in ("1,1,1e7,1e7", "1e300,0,5,5"):
+        with pytest.raises(DataError, match=rf"^{photo}: --box .* reaches more than"):
+            predict.prepare_photo(photo, predict.parse_box(text))
+    for text in ("nan,0,5,5", "0,0,inf,5", "0,0,-3,5"):
+        with pytest.raises(ValueError, match="--box"):
+            predict.parse_box(text)
+
+
+def test_photo_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    bomb = _bomb(tmp_path / "bomb.png")
+    big = _bomb(tmp_path / "big.png", 8_000, 8_000)  # over our limit, under PIL's own guard
+    tracemalloc.start()
+    try:
+        for path in (bomb, big):
+            with pytest.raises(DataError, match=rf"^{path}: photo .*(over the limit|pixel limit).*before decoding"):
+                svhn.load_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000, peak
+
+
+def test_gallery_and_compare_list_bombs_and_huge_boxes(tmp_path, capsys):
+    from transcribe.cli import main
+    from transcribe.predictions import write_predictions
+    from transcribe.studies import compare
+    photo, bomb = _png(tmp_path / "ok.png"), _bomb(tmp_path / "bomb.png")
+    base = {"truth": "1", "pred": "7", "confidence": -0.1}
+    rows = [{**base, "image": str(photo), "file": "ok.png", "box": [1.0, 1.0, 1e7, 1e7]},
+            {**base, "image": str(photo), "file": "ok2.png", "box": [1e300, 0.0, 5.0, 5.0]},
+            {**base, "image": str(bomb), "file": "bomb.png", "box": [1.0, 1.0, 5.0, 5.0]}]
+    preds = write_predictions(rows, tmp_path / "predictions.jsonl")
+    assert main(["gallery", str(preds), "--out", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    assert "2 photos could not be read" in out
+    page = (tmp_path / "g" / "gallery.html").read_text()
+    assert "reaches more than" in page and "before decoding" in page
+    assert (tmp_path / "g" / "mistakes.png").is_file()
+    assert compare._thumbnail({"image": str(bomb)}, [("red", [1, 1, 5, 5])]) is None
+    assert compare._thumbnail({"image": str(photo)}, [("red", [1e300, 0, 5, 5])]).startswith("data:image/jpeg")
