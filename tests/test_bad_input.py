@@ -308,3 +308,47 @@ def test_leftovers_of_killed_builds_are_swept_at_the_next_build(tmp_path):
     other.write_bytes(b"being written")
     dataset.build_cache(folder, out_dir=tmp_path / "cache", progress=False, workers=0)
     assert not leftover.exists() and other.exists() and path.is_file()
+
+
+# ------------------------------------------------------------- the run folder
+
+def test_second_trainer_on_one_run_folder_is_refused(tiny_cache, tmp_path):
+    from test_training import configs
+    from transcribe import training
+    out = tmp_path / "run"
+    model_cfg, data_cfg, cfg = configs(tiny_cache, out, steps=2, eval_every=2)
+    with runs.lock_run(out):  # a training in progress (this process's own lock file handle)
+        with pytest.raises(runs.RunInUse, match=rf"^{out}: in use by pid {os.getpid()} on .*another --out"):
+            training.train(model_cfg, data_cfg, cfg)
+        assert sorted(p.name for p in out.iterdir()) == ["lock"]  # nothing of the refused run
+    training.train(model_cfg, data_cfg, cfg)  # released: trains
+    assert (out / "ckpt-last.pt").is_file() and (out / "lock").read_text() == ""
+
+
+def test_stale_lock_of_a_killed_trainer_is_detected_and_taken_over(tmp_path):
+    out = tmp_path / "run"
+    code = ("import os, sys; from transcribe import runs; held = runs.lock_run(sys.argv[1]); held.__enter__(); "
+            "os.kill(os.getpid(), 9)")
+    killed = subprocess.run([sys.executable, "-c", code, str(out)], timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(runs.Path(runs.__file__).parents[1])))
+    assert killed.returncode == -9
+    assert (out / "lock").read_text().startswith("pid ")  # its owner never emptied it
+    with runs.lock_run(out) as stale:
+        assert stale is not None and stale.startswith("pid ") and f"pid {os.getpid()} " not in stale
+
+
+def test_resume_drops_and_reports_a_torn_last_metrics_line(tiny_cache, tmp_path, capsys):
+    from test_training import configs, rows
+    from transcribe import training
+    out = tmp_path / "run"
+    model_cfg, data_cfg, cfg = configs(tiny_cache, out, steps=2, eval_every=2, schedule="const")
+    training.train(model_cfg, data_cfg, cfg)
+    with open(out / runs.METRICS_FILE, "a") as f:
+        f.write('{"step": 4, "lr": 0.05, "val_lo')  # killed while appending
+    capsys.readouterr()
+    training.train(model_cfg, data_cfg, cfg.__class__(**{**cfg.__dict__, "steps": 4}))
+    assert f"{out / runs.METRICS_FILE}: dropped its half-written last line" in capsys.readouterr().err
+    assert [r["step"] for r in rows(out)] == [0, 2, 4]
+    (out / runs.METRICS_FILE).write_text('{"step": 0}\n{"st\n{"step": 2}\n')  # torn, then more: damage
+    with pytest.raises(ValueError, match=rf"^{out / runs.METRICS_FILE}: line 2 is not a metrics row"):
+        runs.truncate_metrics(out, 2)
