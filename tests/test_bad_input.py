@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 import tracemalloc
 
 import h5py
@@ -352,3 +353,77 @@ def test_resume_drops_and_reports_a_torn_last_metrics_line(tiny_cache, tmp_path,
     (out / runs.METRICS_FILE).write_text('{"step": 0}\n{"st\n{"step": 2}\n')  # torn, then more: damage
     with pytest.raises(ValueError, match=rf"^{out / runs.METRICS_FILE}: line 2 is not a metrics row"):
         runs.truncate_metrics(out, 2)
+
+
+# ------------------------------------------------------------- search
+
+def test_two_studies_sharing_one_out_keep_their_trial_folders(tmp_path, monkeypatch):
+    import optuna
+    from test_search import FakeTraining
+    from transcribe import config as C
+    from transcribe.dataset import DataConfig
+    from transcribe.model import PRESETS
+    from transcribe.studies import search
+    from transcribe.training import TrainConfig
+    monkeypatch.setattr(search.subprocess, "Popen", FakeTraining)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    base = {"model": C.to_dict(PRESETS["tiny"]), "data": C.to_dict(DataConfig()), "train": C.to_dict(TrainConfig())}
+    for name in ("a", "b", "a/b"):  # each one's trial 0
+        study = optuna.create_study(study_name=name, storage=search._storage(url), direction="maximize")
+        study.enqueue_trial({"lr": 0.05})
+        study.optimize(lambda trial: search.run_trial(trial, ["lr"], base, tmp_path), n_trials=1)
+        assert study.trials[0].user_attrs["worker"]["pid"] == os.getpid()
+    folders = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("trials/*/0000"))
+    assert len(folders) == 3 and folders[0] == "trials/a/0000" and folders[2] == "trials/b/0000"
+    assert folders[1].startswith("trials/a_b-")  # "a/b", made a safe folder name, distinct from "a_b"
+    assert all((tmp_path / f / "metrics.jsonl").is_file() for f in folders)
+
+
+def test_a_killed_workers_trial_is_failed_and_its_training_ends_with_it(tmp_path):
+    """The worker (a subprocess here) starts a trial and its training process the way run_trial
+    does, then is SIGKILLed: the training gets SIGTERM from the kernel, and the trial, left
+    RUNNING, is marked FAIL by the next worker or by `transcribe search` at its end."""
+    import optuna
+    from transcribe.dataset import process_running
+    from transcribe.studies import search
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="s", storage=search._storage(url))
+    code = f"""
+import functools, os, socket, subprocess, sys, optuna
+from transcribe.studies import search
+study = optuna.load_study(study_name="s", storage=search._storage({url!r}))
+trial = study.ask()
+trial.set_user_attr("worker", {{"pid": os.getpid(), "host": socket.gethostname()}})
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                         preexec_fn=functools.partial(search._die_with_parent, os.getpid()))
+print(child.pid, flush=True)
+os.kill(os.getpid(), 9)
+"""
+    worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(runs.Path(runs.__file__).parents[1])))
+    assert worker.returncode == -9, worker.stderr
+    child = int(worker.stdout.split()[0])
+    try:
+        for _ in range(200):  # SIGTERM is sent at once; give the child a moment to end (and be reaped)
+            if not process_running(child) or _zombie(child):
+                break
+            time.sleep(0.05)
+        assert not process_running(child) or _zombie(child)
+    finally:
+        if process_running(child) and not _zombie(child):
+            os.kill(child, 9)
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state.name == "RUNNING"
+    assert search.fail_orphaned_trials(url, "s") == [0]
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state.name == "FAIL"
+
+
+def _zombie(pid: int) -> bool:
+    """Ended, but not yet reaped by its new parent (init, in a container maybe no reaper)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -129,13 +129,16 @@ def sweep_leftovers(path: Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{path.name}{TMP_MARK}*"):
         pid = tmp.name.rpartition(TMP_MARK)[2]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    if pid <= 0:  # 0 and negative numbers name process groups, not a process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
