@@ -165,6 +165,15 @@ def test_tar_links_devices_and_pipes_are_refused(tmp_path, kind, what):
     assert list((tmp_path / "dest").iterdir()) == []
 
 
+def test_tar_path_both_file_and_folder_is_refused_before_writing(tmp_path):
+    """Found by test_fuzz.py: `d` a file, then `d/x`: extraction failed half-way, `d` written."""
+    archive = _tar(tmp_path / "a.tar.gz", [({"name": "d"}, b"file"), ({"name": "d/x"}, b"below a file")])
+    with pytest.raises(DataError, match=r"member 'd' is a file where the archive also has a folder"):
+        fetch.extract(archive, tmp_path / "dest", progress=False)
+    assert list((tmp_path / "dest").iterdir()) == []
+    assert "\n" not in str(DataError("a\n- b"))  # reasons quoted from tarfile span lines
+
+
 # ------------------------------------------------------------- boxes and photos
 
 def _png(path, width=40, height=30):

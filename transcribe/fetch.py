@@ -150,6 +150,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool 
             members = tar.getmembers()  # reads the whole stream: truncation fails here
             for m in members:
                 _check_member(archive, root, m)
+            _check_layout(archive, members)
             # The 'data' filter (Python >= 3.11.4) re-checks the same and drops owners and
             # odd permissions; the check above is what gives the clear message.
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
@@ -158,7 +159,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool 
                 tar.extract(m, dest, **safe)
     except DataError:
         raise
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
     return [m.name for m in members]
 
@@ -179,6 +180,25 @@ def _check_member(archive: Path, root: Path, m) -> None:
                         f"the SVHN archives hold none; refusing to extract")
     if not (m.isfile() or m.isdir()):
         raise DataError(f"{where} is a device, pipe or other special file; refusing to extract")
+
+
+def _check_layout(archive: Path, members) -> None:
+    """No path is both a file and a folder (`d` a file, then `d/x`; or a file named '.'):
+    extraction would fail half-way through."""
+    files, folders = {}, {"."}
+    for m in members:
+        path = os.path.normpath(m.name)
+        if not m.isdir():
+            files.setdefault(path, m.name)
+        parent = os.path.dirname(path)
+        while parent:
+            folders.add(parent)
+            parent = os.path.dirname(parent)
+        if m.isdir():
+            folders.add(path)
+    for path in folders & set(files):
+        raise DataError(f"{archive}: member {files[path]!r} is a file where the archive also has a folder; "
+                        f"refusing to extract")
 
 
 def verify_split(folder: str | os.PathLike, expected: int | None = None) -> int:

@@ -53,7 +53,11 @@ Box = tuple[float, float, float, float]
 
 
 class DataError(Exception):
-    """Unusable input. Every message starts with the offending file's path."""
+    """Unusable input. Every message starts with the offending file's path, and is one line
+    (the reasons quoted from h5py and tarfile can span several: their whitespace is joined)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
