@@ -62,11 +62,14 @@ def _outcome(err: Exception, path: Path) -> None:
 
 # ------------------------------------------------------------- digitStruct.mat
 
-_flip = st.tuples(st.just("flip"), st.integers(0, 1 << 20), st.integers(0, 255))  # byte at (pos % size) := value
+# Positions are fractions of the file's size: uniform over the file (Hypothesis draws small
+# integers often, which would keep hitting the superblock).
+_where = st.floats(0.0, 1.0, exclude_max=True)
+_flip = st.tuples(st.just("flip"), _where, st.integers(0, 255))  # the byte there := value
 _mutation = st.one_of(
-    _flip, _flip, _flip,  # flips three times as often: a cut file mostly stops at the superblock
-    st.tuples(st.just("cut"), st.integers(0, 1 << 20), st.just(0)),             # truncate at pos % size
-    st.tuples(st.just("dup"), st.integers(0, 1 << 20), st.integers(1, 4096)),   # a chunk repeated in place
+    _flip, _flip, _flip, _flip, _flip, _flip,  # flips more often: HDF5 refuses any cut or grown file at once
+    st.tuples(st.just("cut"), _where, st.just(0)),                # the file cut off there
+    st.tuples(st.just("dup"), _where, st.integers(1, 4096)),      # a chunk there repeated in place
 )
 
 
@@ -75,7 +78,7 @@ def _mutate(data: bytes, mutations) -> bytes:
     for kind, pos, arg in mutations:
         if not out:
             break
-        pos %= len(out)
+        pos = int(pos * len(out))
         if kind == "flip":
             out[pos] = arg
         elif kind == "cut":
@@ -87,7 +90,7 @@ def _mutate(data: bytes, mutations) -> bytes:
 
 @needs_fixtures
 @FUZZ
-@given(split=st.sampled_from(sorted(MATS)), mutations=st.lists(_mutation, min_size=1, max_size=12),
+@given(split=st.sampled_from(sorted(MATS)), mutations=st.lists(_mutation, min_size=1, max_size=8),
        fast=st.booleans())
 def test_damaged_mat_is_read_or_refused_clearly(split, mutations, fast):
     data = _mutate(MATS[split].read_bytes(), mutations)
@@ -109,7 +112,7 @@ def test_damaged_mat_is_read_or_refused_clearly(split, mutations, fast):
 
 # ------------------------------------------------------------- boxes
 
-_number = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+_number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-60, 160),  # any; near the photo
                     st.sampled_from([1e7, -1e7, 1e300, -1e300, 0.0, -0.0, 5e-324, 2.0**63]),
                     st.integers(-(10**20), 10**20))
 _box = st.tuples(_number, _number, _number, _number)
