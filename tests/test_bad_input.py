@@ -171,6 +171,11 @@ def test_tar_path_both_file_and_folder_is_refused_before_writing(tmp_path):
     with pytest.raises(DataError, match=r"member 'd' is a file where the archive also has a folder"):
         fetch.extract(archive, tmp_path / "dest", progress=False)
     assert list((tmp_path / "dest").iterdir()) == []
+    for name in (":/.", "a/", "a/.."):  # found by make fuzz: `:/.` made the folder `:`, then failed
+        archive = _tar(tmp_path / "c.tar", [({"name": name, "type": tarfile.CONTTYPE}, b"")])
+        with pytest.raises(DataError, match=r"is a file with a folder's name|outside"):
+            fetch.extract(archive, tmp_path / "dest3", progress=False)
+        assert list((tmp_path / "dest3").iterdir()) == []
     assert "\n" not in str(DataError("a\n- b"))  # reasons quoted from tarfile span lines
 
 

@@ -180,6 +180,8 @@ def _check_member(archive: Path, root: Path, m) -> None:
                         f"the SVHN archives hold none; refusing to extract")
     if not (m.isfile() or m.isdir()):
         raise DataError(f"{where} is a device, pipe or other special file; refusing to extract")
+    if m.isfile() and name.split("/")[-1] in ("", ".", ".."):  # 'a/', 'a/.': a folder's name
+        raise DataError(f"{where} is a file with a folder's name; refusing to extract")
 
 
 def _check_layout(archive: Path, members) -> None:
