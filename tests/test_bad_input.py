@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transcribe import crops, dataset, fetch, matreader, report, runs, svhn
+from transcribe import dataset, fetch, matreader, runs, svhn
 from transcribe.config import CacheConfig
 from transcribe.svhn import DataError, Record
 
