@@ -5,7 +5,7 @@ same: the input is read, or it is refused with the project's own error naming th
 a time bound (Hypothesis' deadline per case) and a memory bound (tracemalloc's peak of Python
 and numpy allocations per case).
 
-`make test` runs a short pass (FUZZ_EXAMPLES cases per property, default below: ~10 s in all,
+`make test` runs a short pass (FUZZ_EXAMPLES cases per property, default below: ~12 s in all,
 derandomized so that it cannot flake);
 `make fuzz` runs a long one (TRANSCRIBE_FUZZ_EXAMPLES=..., with --hypothesis-show-statistics
 printing the cases run and the outcomes, which hypothesis.event records)."""
