@@ -15,7 +15,7 @@ SAMPLE ?= ../shared/data/svhn-sample/train
 TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
-.PHONY: help setup test demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
+.PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
         learning-curve diagnose check search bench baseline compare figures clean \
         serve bench-serve
 
@@ -34,6 +34,12 @@ setup: $(VENV)/.installed ## .venv with torch 2.14.1 and the package (editable)
 
 test: setup ## the test suite (about 5 minutes on 2 cores)
 	$(VENV)/bin/pytest -q
+
+# tests/test_fuzz.py, long: FUZZ_EXAMPLES random cases per property (6,000 x 7 properties: about
+# 10 minutes on 2 cores), then the cases run and their outcomes per property. `make test` runs 100.
+FUZZ_EXAMPLES ?= 6000
+fuzz: setup ## property-based fuzzing of every input reader (Hypothesis), long
+	TRANSCRIBE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 # ---------------------------------------------------------------- the demo (synthetic)
 DEMO_RUN     ?= runs/demo

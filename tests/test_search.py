@@ -67,7 +67,7 @@ def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, t
 def test_a_stale_trial_folder_from_another_study_is_replaced(tiny_cache, tmp_path):
     from transcribe.cli import main
     out = tmp_path / "search"
-    stale = out / "trials" / "0000"
+    stale = out / "trials" / "transcribe" / "0000"
     stale.mkdir(parents=True)
     (stale / "ckpt-last.pt").write_bytes(b"left by a study whose database was deleted")
     assert main(["search", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
@@ -84,7 +84,7 @@ class FakeTraining:
     one is still "running" and must be terminated by the pruner."""
     terminated: list = []
 
-    def __init__(self, cmd, stdout=None, stderr=None, env=None):
+    def __init__(self, cmd, stdout=None, stderr=None, env=None, preexec_fn=None):
         from pathlib import Path
         cfg = json.loads(Path(cmd[-1]).read_text())
         self.run = Path(cfg["train"]["out"])

@@ -20,7 +20,29 @@ from PIL import Image
 from transcribe.config import CACHE_SIZE, WIDEN
 
 Box = tuple[float, float, float, float]  # (left, top, width, height), photo pixels
+# How far a crop box may reach past its photo, on every side: BOX_REACH times the photo's
+# longer side, and at least BOX_REACH_PX pixels (tiny photos). A widened SVHN box reaches a few
+# pixels out; a box of 1e7 px (or 1e300) in a damaged label or `--box` would make `crop`
+# allocate its whole area before resizing. Within the bound a crop costs at most about
+# (1 + 2 * 2)^2 = 25 times a square photo's pixels.
+BOX_REACH = 2
+BOX_REACH_PX = 100
 
+
+def unusable_box(box: Sequence[float], width: int, height: int) -> str | None:
+    """Why `box` (left, top, width, height) cannot be cropped from a width x height photo
+    (not four finite numbers, no area, or reaching too far past it: BOX_REACH); None if it can."""
+    try:
+        left, top, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return f"box {box!r} is not four numbers (left, top, width, height)"
+    if not all(math.isfinite(v) for v in (left, top, w, h)) or w <= 0 or h <= 0:
+        return f"box {box!r} needs finite numbers and a positive width and height"
+    reach = max(BOX_REACH * max(width, height), BOX_REACH_PX)
+    if left < -reach or top < -reach or left + w > width + reach or top + h > height + reach:
+        return (f"box ({left:g}, {top:g}, {w:g}, {h:g}) reaches more than {reach:g} px beyond the "
+                f"{width}x{height} photo")
+    return None
 
 
 def number_box(boxes: Sequence[Sequence[float]]) -> Box:
@@ -52,7 +74,7 @@ def _pixel_range(start: float, length: float) -> tuple[int, int]:
 def crop(image: np.ndarray, box: Sequence[float], size: int = CACHE_SIZE) -> np.ndarray:
     """Cut `box` out of `image` (H, W, 3) uint8 and resize it to (size, size, 3) uint8.
 
-    Where the box leaves the photo (official SVHN boxes sometimes reach a few pixels
+    ValueError for a box `unusable_box` refuses. Where the box leaves the photo (official SVHN boxes sometimes reach a few pixels
     outside, and widening by 30% often does) the photo's border pixels are replicated.
     Why edge-replicate and not a constant (e.g. mean-colour) fill: a constant fill puts a
     hard straight edge into the crop, a stroke-like feature the network could latch onto
@@ -63,6 +85,9 @@ def crop(image: np.ndarray, box: Sequence[float], size: int = CACHE_SIZE) -> np.
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"crop: expected (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
+    why = unusable_box(box, width, height)
+    if why:
+        raise ValueError(f"crop: {why}")
     x0, x1 = _pixel_range(box[0], box[2])
     y0, y1 = _pixel_range(box[1], box[3])
     if 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height:

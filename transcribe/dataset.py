@@ -13,11 +13,13 @@ They are cut from whole uint8 tensors with advanced indexing: no per-sample Pyth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -118,6 +120,56 @@ def entries_skipped(problems: Sequence[dict[str, Any]]) -> int:
     return dup + len({p["file"] for p in skipped if problem_kind(p["problem"]) != "duplicate entry"})
 
 
+TMP_MARK = ".tmp-"  # a cache's temporary file: .<cache name>.tmp-<pid of the building process>
+
+
+def sweep_leftovers(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` left by builds that were killed (SIGKILL, power
+    loss): those whose building process no longer runs on this machine. Returns them."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}{TMP_MARK}*"):
+        pid = tmp.name.rpartition(TMP_MARK)[2]
+        if pid.isdigit() and not process_running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    if pid <= 0:  # 0 and negative numbers name process groups, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _h5_writer(tmp: Path):
+    """h5py.File(tmp, "w") that, when writing fails (a full disk), empties the file before
+    closing it, so that HDF5's closing flush finds room and the file closes cleanly: closing
+    it on a full disk fails inside h5py and the process later segfaults. Without a chunk
+    cache, no unwritten chunk waits for that flush (build_cache writes whole chunks)."""
+    f = h5py.File(tmp, "w", rdcc_nbytes=0)  # no chunk cache: chunks are written whole, at once
+    try:
+        yield f
+    except BaseException:
+        try:
+            os.truncate(tmp, 0)  # frees the space the written chunks took
+        except OSError:
+            pass
+        try:
+            f.close()
+        except Exception:  # the file is removed next; the first error is the one to report
+            pass
+        raise
+    f.close()
+
+
 def _crop_one(task: tuple[str, str, tuple, float, int]) -> tuple[np.ndarray | None, tuple, str | None, str | None]:
     """Decode one photo and crop its number. Returns (crop, crop box, skip reason, note).
 
@@ -132,7 +184,10 @@ def _crop_one(task: tuple[str, str, tuple, float, int]) -> tuple[np.ndarray | No
         return None, (0.0, 0.0, 0.0, 0.0), f"unreadable image: {why}", None
     record = svhn.Record(file=name, digits=(0,) * len(boxes), boxes=boxes)
     note = svhn.box_problem(record, image.shape[1], image.shape[0])
-    out, box = crops.crop_number(image, boxes, factor, size)
+    try:
+        out, box = crops.crop_number(image, boxes, factor, size)
+    except ValueError as e:  # a box far beyond the photo (crops.unusable_box): counted, skipped
+        return None, (0.0, 0.0, 0.0, 0.0), f"unusable box: {str(e).removeprefix('crop: ')}", None
     return out, box, None, note
 
 
@@ -177,13 +232,21 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
               int(cfg.size)) for r in records]
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    for old in sweep_leftovers(path):
+        say(f"removed {old}, left by a cache build that was killed")
+    need, free = n * cfg.size * cfg.size * 3, shutil.disk_usage(path.parent).free  # bytes: the images
+    if need > free:
+        raise svhn.DataError(f"{path}: the cache needs about {need / 1e6:,.0f} MB; {free / 1e6:,.0f} MB "
+                             f"are free on that disk")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")  # unique per process: see sweep_leftovers
     pool = None
     try:
-        with h5py.File(tmp, "w") as f:
+        with _h5_writer(tmp) as f:
             s = cfg.size
+            block = min(max(n, 1), 256)  # photos per chunk, written whole from `pending`
             images = f.create_dataset("images", (n, s, s, 3), np.uint8, maxshape=(None, s, s, 3),
-                                      chunks=(min(max(n, 1), 256), s, s, 3))
+                                      chunks=(block, s, s, 3))
+            pending = np.empty((block, s, s, 3), np.uint8)
             boxes = np.zeros((n, 4), np.float32)
             keep = np.zeros(n, bool)
             if workers > 0:
@@ -203,10 +266,14 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
                     if strict:
                         raise svhn.DataError(f"{folder / records[i].file}: {note}")
                     problems.append({"file": records[i].file, "problem": note, "skipped": False})
-                images[row] = out
+                pending[row % block] = out
+                if row % block == block - 1:
+                    images[row + 1 - block:row + 1] = pending
                 boxes[row] = box
                 keep[i] = True
                 row += 1
+            if row % block:
+                images[row - row % block:row] = pending[:row % block]
             images.resize(row, axis=0)
             kept = [r for r, k in zip(records, keep) if k]
             lengths = np.array([len(r.digits) for r in kept], np.int64)
@@ -237,6 +304,9 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
             for k, v in params.items():  # also as plain attributes, for h5dump / h5py users
                 f.attrs[k] = v
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk (h5py raises either); `finally` removes tmp
+        reason = os.strerror(e.errno) if getattr(e, "errno", None) else str(e).splitlines()[0]
+        raise svhn.DataError(f"{path}: cannot write the cache ({reason}); nothing was left behind") from None
     finally:
         if pool is not None:
             pool.terminate()

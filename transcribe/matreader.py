@@ -30,6 +30,11 @@ from pathlib import Path
 import numpy as np
 
 MAT_FIELDS = ("height", "left", "top", "width", "label")  # the order MATLAB stores them in
+# Bounds on what one entry may declare, checked before anything is copied (a crafted file can
+# declare any size): a name is a file name (NAME_MAX = 255 bytes on Linux, at least as many
+# UTF-16 units); a field holds one value per digit (SVHN's longest number has 6 digits).
+MAX_NAME_CHARS = 255
+MAX_FIELD_VALUES = 64
 
 
 class Unsupported(Exception):
@@ -47,6 +52,11 @@ class MatParser:
         self._file = open(path, "rb")
         self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self.base = base  # addresses are relative to the superblock, which follows the user block
+        # Every object is parsed once: entries may share a struct, a field or a value (a crafted
+        # file can point 300 entries at one group of 4,096 links), and re-parsing would cost
+        # time proportional to entries x shared size.
+        self._datasets: dict[tuple[int, int], np.ndarray] = {}
+        self._groups: dict[int, dict[bytes, int]] = {}
         if self.mm[base:base + 8] != b"\x89HDF\r\n\x1a\n" or self.mm[base + 8] != 0 \
                 or self.mm[base + 13] != 8 or self.mm[base + 14] != 8:
             raise Unsupported("superblock other than version 0 with 8-byte offsets and lengths")
@@ -80,8 +90,16 @@ class MatParser:
                 raise Unsupported("too many header continuation blocks")
         return out
 
-    def dataset(self, addr: int) -> np.ndarray:
-        """A whole dataset as a flat numpy array (references as uint64 addresses)."""
+    def dataset(self, addr: int, limit: int) -> np.ndarray:
+        """A whole dataset as a flat numpy array (references as uint64 addresses); ValueError
+        if it declares more than `limit` elements or more bytes than the file holds, checked
+        before anything is copied. Parsed once per address (read-only arrays)."""
+        key = (addr, limit)
+        if key not in self._datasets:
+            self._datasets[key] = self._dataset(addr, limit)
+        return self._datasets[key]
+
+    def _dataset(self, addr: int, limit: int) -> np.ndarray:
         mm = self.mm
         dims = dtype = data = None
         for mtype, p, _ in self.messages(addr):
@@ -115,12 +133,19 @@ class MatParser:
         if dims is None or dtype is None or data is None:
             raise Unsupported("dataset header without dataspace, datatype or layout")
         n = math.prod(dims)
+        if n > limit:
+            raise ValueError(f"dataset of {n} elements where at most {limit} are expected")
         if data + n * dtype.itemsize > len(mm):
             raise ValueError("dataset data past the end of the file")
         return np.frombuffer(mm[data:data + n * dtype.itemsize], dtype=dtype)
 
     def group(self, addr: int) -> dict[bytes, int]:
-        """Link name -> object header address for an old-style group."""
+        """Link name -> object header address for an old-style group (parsed once per address)."""
+        if addr not in self._groups:
+            self._groups[addr] = self._group(addr)
+        return self._groups[addr]
+
+    def _group(self, addr: int) -> dict[bytes, int]:
         mm, base = self.mm, self.base
         table = [p for mtype, p, _ in self.messages(addr) if mtype == 0x11]
         if not table:
@@ -147,27 +172,33 @@ class MatParser:
                 s = base + child
                 if mm[s:s + 4] != b"SNOD":
                     raise ValueError("symbol table node signature missing")
-                for j in range(struct.unpack_from("<H", mm, s + 6)[0]):
+                count = struct.unpack_from("<H", mm, s + 6)[0]
+                if s + 8 + 40 * count > len(mm):
+                    raise ValueError("symbol table node past the end of the file")
+                for j in range(count):
                     name_off, obj = struct.unpack_from("<QQ", mm, s + 8 + 40 * j)
                     start = names + name_off
-                    links[mm[start:mm.find(b"\0", start)]] = obj
+                    end = mm.find(b"\0", start, start + 256)  # link names here are field names
+                    if end < 0:
+                        raise ValueError("link name not terminated")
+                    links[mm[start:end]] = obj
         return links
 
     def entries(self, name_addrs: np.ndarray, bbox_addrs: np.ndarray) -> list[tuple[str, dict[str, list[float]]]]:
         """(file name, {field: values}) per entry, fields in MAT_FIELDS, one value per digit."""
         out = []
         for name_addr, bbox_addr in zip(name_addrs.tolist(), bbox_addrs.tolist()):
-            chars = self.dataset(name_addr)
+            chars = self.dataset(name_addr, MAX_NAME_CHARS)
             if chars.dtype != np.uint16:
                 raise Unsupported("name is not a MATLAB char array")
             links = self.group(bbox_addr)
             cols = {}
             for key in MAT_FIELDS:
-                a = self.dataset(links[key.encode()])
+                a = self.dataset(links[key.encode()], MAX_FIELD_VALUES)
                 if a.dtype == np.uint64 and len(a) == 2 and not a.any():
                     cols[key] = []  # MATLAB's empty [] (cannot be a reference: address 0 is the superblock)
                 elif a.dtype == np.uint64:  # references, one (1, 1) double per digit
-                    vals = [self.dataset(r) for r in a.tolist()]
+                    vals = [self.dataset(r, 1) for r in a.tolist()]
                     if any(v.size != 1 or v.dtype.kind != "f" for v in vals):
                         raise Unsupported("a digit's value is not a (1, 1) double")
                     cols[key] = [float(v[0]) for v in vals]

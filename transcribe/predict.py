@@ -39,8 +39,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         box = tuple(float(p) for p in parts)
     except ValueError:
         box = ()
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"--box {text!r}: expected left,top,width,height in photo pixels with width, height > 0")
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"--box {text!r}: expected left,top,width,height in photo pixels (finite numbers) "
+                         f"with width, height > 0")
     return box  # type: ignore[return-value]
 
 
@@ -54,6 +55,9 @@ def prepare_photo(path: str | Path, box=None, widen: float = WIDEN, size: int = 
     image = svhn.load_image(path)
     h, w = image.shape[:2]
     crop_box = crops.widen(box, widen) if box is not None else (0.0, 0.0, float(w), float(h))
+    why = crops.unusable_box(crop_box, w, h)
+    if why:
+        raise DataError(f"{path}: --box {tuple(box)} widened to a {why}")
     return crops.crop(image, crop_box, size), crop_box
 
 

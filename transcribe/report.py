@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.tensorboard import SummaryWriter
 
-from transcribe import crops, metrics
+from transcribe import crops, metrics, svhn
 from transcribe.config import BLANK, CACHE_SIZE, GALLERY_N
 from transcribe.predictions import read_predictions
 from transcribe.runs import atomic_write, save_figure
@@ -199,13 +199,22 @@ class Photos:
         if not path:
             return None
         if path not in self.cache:
-            try:
-                with Image.open(path) as im:
-                    self.cache[path] = im.convert("RGB")
-            except (OSError, ValueError) as err:  # missing, unreadable or not an image
+            try:  # svhn.load_image: refuses photos over its pixel limit before decoding
+                self.cache[path] = Image.fromarray(svhn.load_image(path))
+            except svhn.DataError as err:  # missing, unreadable, too large or not an image
                 self.cache[path] = None
-                self.problems[path] = f"{type(err).__name__}: {err}"
+                self.problems[path] = str(err).removeprefix(f"{path}: ")
         return self.cache[path]
+
+    def crop(self, path: str, photo, box):
+        """The CACHE_SIZE crop of `box`, or None (noted as a problem) when the box is unusable."""
+        if box is None or len(box) != 4:
+            return None
+        why = crops.unusable_box(box, photo.width, photo.height)
+        if why:
+            self.problems[path] = why
+            return None
+        return crops.crop(np.asarray(photo), box, CACHE_SIZE)
 
 
 def draw_boxes(photo, boxes) -> Any:
@@ -216,7 +225,7 @@ def draw_boxes(photo, boxes) -> Any:
     thumb = photo.resize(size, Image.BILINEAR)
     draw = ImageDraw.Draw(thumb)
     for color, box in boxes:
-        if box is not None and len(box) == 4:
+        if box is not None and crops.unusable_box(box, photo.width, photo.height) is None:
             l, t, w, h = (float(v) * scale for v in box)
             draw.rectangle([l, t, l + w, t + h], outline=color, width=2)
     return thumb
@@ -230,8 +239,8 @@ def _thumbnails(row: dict, photos: Photos) -> tuple[str | None, str | None]:
     box = row.get("box")
     thumb = draw_boxes(photo, [((40, 170, 40), row.get("true_box")), ((255, 40, 40), box)])  # true box: green
     crop_uri = None
-    if box is not None and len(box) == 4:
-        crop = crops.crop(np.asarray(photo), box, CACHE_SIZE)
+    crop = photos.crop(row.get("image"), photo, box)
+    if crop is not None:
         crop_uri = data_uri(Image.fromarray(crop))
     return data_uri(thumb, "JPEG"), crop_uri
 
@@ -412,10 +421,10 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
     draw = ImageDraw.Draw(sheet)
     for i, row in enumerate(rows):
         x, y = (i % columns) * SHEET_TILE, (i // columns) * (SHEET_TILE + label_h)
-        photo, box = photos.get(row.get("image")), row.get("box")
-        if photo is not None and box is not None:
-            tile = Image.fromarray(crops.crop(np.asarray(photo), box, CACHE_SIZE)).resize(
-                (SHEET_TILE, SHEET_TILE), Image.NEAREST)
+        photo = photos.get(row.get("image"))
+        crop = None if photo is None else photos.crop(row.get("image"), photo, row.get("box"))
+        if crop is not None:
+            tile = Image.fromarray(crop).resize((SHEET_TILE, SHEET_TILE), Image.NEAREST)
             sheet.paste(tile, (x, y))
         else:
             draw.rectangle([x, y, x + SHEET_TILE - 1, y + SHEET_TILE - 1], fill=(220, 220, 220))

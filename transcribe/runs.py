@@ -6,6 +6,7 @@
     RUN/ckpt-best.pt     the same, at the best validation sequence accuracy
     RUN/threshold.json   the refusal threshold chosen on validation (`transcribe evaluate`)
     RUN/commit.txt       the git commit of the code that trained it
+    RUN/lock             held by the process training into RUN (`lock_run`): pid and host
     RUN/tb/              TensorBoard events
     RUN/eval/<split>/    predictions.jsonl (predictions.py), report.json/.md, plots, gallery
 
@@ -19,13 +20,17 @@ so they create their own unique temporary file and rename it the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -40,6 +45,7 @@ COMMIT_FILE = "commit.txt"
 THRESHOLD_FILE = "threshold.json"
 CKPT_LAST = "ckpt-last.pt"
 CKPT_BEST = "ckpt-best.pt"
+LOCK_FILE = "lock"
 CHECKPOINT_VERSION = 1
 FILE_MODE = 0o644  # mkstemp creates 0600 files; run folders are meant to be read by others
 
@@ -138,13 +144,70 @@ def append_metrics(run: str | Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def truncate_metrics(run: str | Path, step: int) -> None:
+def truncate_metrics(run: str | Path, step: int) -> str | None:
     """Keep the rows up to `step`: on resuming, rows written after the checkpoint belong to work
-    that is being redone."""
+    that is being redone. A torn last line (the process was killed, or the disk filled, while
+    appending it) is dropped, and a note saying so returned; a bad line before it is an error."""
     path = Path(run) / METRICS_FILE
-    if path.exists():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-        atomic_write(path, "".join(r + "\n" for r in rows))
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept, note = [], None
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            row_step = row["step"]
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            if i < len(lines):
+                raise ValueError(f"{path}: line {i} is not a metrics row ({e}); only the last line "
+                                 f"can be half-written") from None
+            note = f"{path}: dropped its half-written last line ({len(line)} characters: {line[:40]!r}...)"
+            continue
+        if row_step <= step:
+            kept.append(line)
+    atomic_write(path, "".join(r + "\n" for r in kept))
+    return note
+
+
+# ---------------------------------------------------------------- the lock
+
+@contextlib.contextmanager
+def lock_run(run: str | Path) -> Iterator[str | None]:
+    """Hold RUN/lock while training into RUN: a second trainer gets RunInUse naming the owner.
+
+    An advisory `flock` on the open lock file: the kernel releases it when the process ends,
+    however it ends, so a lock can never outlive its owner. The file holds the owner's pid,
+    host and start time while held and is emptied on a clean exit; finding it non-empty but
+    unlocked means its owner was killed (a stale lock): yields that text (else None).
+    flock works between processes of one machine, and on NFS only where it is mapped to
+    NFS locks (Linux >= 2.6.12)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / LOCK_FILE
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE), "r+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise RunInUse(f"{run}: in use by {owner} ({path}); two trainings in one run folder would "
+                       f"overwrite each other's files: wait for it, or train into another --out") from None
+    try:
+        stale = f.read().strip() or None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield stale
+    finally:
+        with contextlib.suppress(OSError):  # any end but a kill: emptied, so a non-empty
+            f.seek(0)                       # unlocked file means a killed owner
+            f.truncate()
+        f.close()  # releases the lock
+
+
+class RunInUse(OSError):
+    """Another process holds the run folder's lock."""
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -32,11 +32,11 @@ from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
-from h5py import h5d, h5r, h5s, h5t
+from h5py import h5d, h5g, h5o, h5r, h5s, h5t
 from PIL import Image
 
 from transcribe.config import MAX_DIGITS
-from transcribe.matreader import MAT_FIELDS, MatParser, Unsupported
+from transcribe.matreader import MAT_FIELDS, MAX_FIELD_VALUES, MAX_NAME_CHARS, MatParser, Unsupported
 
 # Digit positions of the model (Goodfellow et al. 2014 model at most 5 digits; their length
 # head has a ">5" class, but a longer number has no digit targets), so such photos are
@@ -44,12 +44,20 @@ from transcribe.matreader import MAT_FIELDS, MatParser, Unsupported
 MAT_NAME = "digitStruct.mat"
 _FAST_PARSER = True  # read digitStruct.mat with matreader.MatParser (False: h5py only; tests compare both)
 BOX_FIELDS = ("left", "top", "width", "height")  # order of a box tuple
+# Photos larger than this are refused before decoding (a PNG of a few KB can declare 50,000 x
+# 50,000 pixels: 7.5 GB decoded). SVHN's photos are at most about 1,000 x 600 pixels; 40 MP
+# is a 7,000 x 5,700 photo, 120 MB decoded. PIL's own MAX_IMAGE_PIXELS guard is 89 MP.
+MAX_PHOTO_PIXELS = 40_000_000
 
 Box = tuple[float, float, float, float]
 
 
 class DataError(Exception):
-    """Unusable input. Every message starts with the offending file's path."""
+    """Unusable input. Every message starts with the offending file's path, and is one line
+    (the reasons quoted from h5py and tarfile can span several: their whitespace is joined)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,9 @@ def read_entries(path: Path) -> list[_Entry]:
                 raise DataError(f"{path}: /digitStruct/{what} should be an (N, 1) array of object "
                                 f"references, found {type(ds).__name__} {getattr(ds, 'shape', None)} "
                                 f"{getattr(ds, 'dtype', None)}")
+        if 8 * (names_ds.size + bbox_ds.size) > os.path.getsize(path):  # references: 8 bytes each
+            raise DataError(f"{path}: /digitStruct declares {max(names_ds.size, bbox_ds.size):,} entries, more than "
+                            f"the file's {os.path.getsize(path):,} bytes can hold (damaged file)")
         try:
             name_refs = names_ds[()].ravel()  # all N references in one read
             bbox_refs = bbox_ds[()].ravel()
@@ -140,54 +151,95 @@ def read_entries(path: Path) -> list[_Entry]:
             except (Unsupported, struct.error, ValueError, IndexError, KeyError, OverflowError,
                     UnicodeDecodeError, OSError):
                 pass  # unknown layout or damage: h5py reads it, or names the problem
-        return _read_entries_h5py(path, f, name_refs, bbox_refs)
+        return _read_entries_h5py(path, f, name_refs, bbox_refs, addrs)
 
 
-def _read_entries_h5py(path: Path, f, name_refs, bbox_refs) -> list[_Entry]:
-    """The same parse through h5py's low-level API (about 3x faster than its high-level one)."""
+def _read_entries_h5py(path: Path, f, name_refs, bbox_refs, addrs=None) -> list[_Entry]:
+    """The same parse through h5py's low-level API (about 3x faster than its high-level one).
+
+    Bounded like matreader: each reference must point at the kind of object expected (a
+    dataset or a group; a crafted one may point at a group or a committed datatype), every
+    declared size is checked against the file's size and matreader's limits before a buffer
+    is allocated, and an object shared by several entries is read once (`addrs`, the
+    references as file addresses, key the memo)."""
 
     fid = f.id
     all_ = h5s.ALL
-    obj_dtype = np.dtype(object)
+    file_size = os.path.getsize(path)
     one = np.empty((1, 1), dtype=np.float64)  # reused buffer for (1, 1) doubles
     native_double = h5t.NATIVE_DOUBLE
 
-    def read(dsid):  # whole dataset -> numpy array
-        a = np.empty(dsid.shape, dsid.dtype)
-        dsid.read(all_, all_, a)
+    def deref(ref, cls, what: str):
+        obj = h5r.dereference(ref, fid)
+        if not isinstance(obj, cls):
+            raise ValueError(f"{what} refers to a {type(obj).__name__.removesuffix('ID').lower()}, "
+                             f"not a {cls.__name__.removesuffix('ID').lower()}")
+        return obj
+
+    def read(dsid, limit: int, mtype=None, dtype=None):  # whole dataset -> numpy array, bounded
+        n = dsid.get_space().get_simple_extent_npoints()
+        dtype = dtype or dsid.dtype
+        if n > limit or n * dtype.itemsize > file_size:
+            raise ValueError(f"a dataset declares {n} elements of {dtype.itemsize} bytes "
+                             f"(at most {limit}, in a file of {file_size:,} bytes)")
+        a = np.empty(dsid.shape, dtype)
+        dsid.read(all_, all_, a, mtype=mtype)
         return a
 
-    def scalar(dsid) -> float:
+    values_memo: dict[int, float] = {}
+    fields_memo: dict[int, list[float]] = {}
+    groups_memo: dict[int, dict[str, list[float]]] = {}
+
+    def scalar(ref, addr: int) -> float:
+        if addr in values_memo:
+            return values_memo[addr]
+        dsid = deref(ref, h5d.DatasetID, "a digit's value")
         # Fast path for the (1, 1) double every digit's value is stored as: read into a
         # preallocated buffer, skipping the shape/dtype queries (~4x faster per value).
         if dsid.get_storage_size() == 8 and dsid.get_space().get_simple_extent_npoints() == 1:
             dsid.read(all_, all_, one, mtype=native_double)
-            return float(one[0, 0])
-        a = read(dsid)
-        if a.size != 1 or a.dtype.kind not in "fiu":
-            raise ValueError(f"a digit's value should be a (1, 1) number, found {a.dtype} {a.shape}")
-        return float(a.ravel()[0])
+            v = float(one[0, 0])
+        else:
+            a = read(dsid, 1)
+            if a.size != 1 or a.dtype.kind not in "fiu":
+                raise ValueError(f"a digit's value should be a (1, 1) number, found {a.dtype} {a.shape}")
+            v = float(a.ravel()[0])
+        values_memo[addr] = v
+        return v
 
     def values(gid, key: bytes) -> list[float]:
-        a = read(h5d.open(gid, key))
-        if a.dtype == obj_dtype:  # (n, 1) references, one (1, 1) double per digit
-            return [scalar(h5r.dereference(r, fid)) for r in a.ravel()]
-        if a.dtype.kind == "f":  # (1, 1) double: a one-digit number
-            return [float(v) for v in a.ravel()]
-        if a.dtype == np.uint64 and a.shape == (2,):  # MATLAB's empty []: stores its dims
-            return []
-        raise ValueError(f"field {key.decode()} has unexpected type {a.dtype} {a.shape}")
+        dsid = h5d.open(gid, key)
+        addr = h5o.get_info(dsid).addr
+        if addr not in fields_memo:
+            a = read(dsid, MAX_FIELD_VALUES)
+            if a.dtype == np.dtype(object):  # (n, 1) references, one (1, 1) double per digit
+                where = read(dsid, MAX_FIELD_VALUES, h5t.STD_REF_OBJ, np.dtype(np.uint64)).ravel()
+                fields_memo[addr] = [scalar(r, int(w)) for r, w in zip(a.ravel(), where)]
+            elif a.dtype.kind == "f":  # (1, 1) double: a one-digit number
+                fields_memo[addr] = [float(v) for v in a.ravel()]
+            elif a.dtype == np.uint64 and a.shape == (2,):  # MATLAB's empty []: stores its dims
+                fields_memo[addr] = []
+            else:
+                raise ValueError(f"field {key.decode()} has unexpected type {a.dtype} {a.shape}")
+        return fields_memo[addr]
 
+    if addrs is None:
+        addrs = (range(len(name_refs)), range(len(name_refs), 2 * len(name_refs)))  # no sharing known
+    names_memo: dict[int, str] = {}
     entries = []
     i = -1
     try:
         for i in range(len(name_refs)):
-            chars = read(h5r.dereference(name_refs[i], fid)).ravel()
-            name = chars.astype(np.uint16).tobytes().decode("utf-16-le")  # MATLAB char = UTF-16
-            gid = h5r.dereference(bbox_refs[i], fid)
-            cols = {k: values(gid, k.encode()) for k in MAT_FIELDS}
-            entries.append(_entry(name, cols))
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            name_addr, bbox_addr = int(addrs[0][i]), int(addrs[1][i])
+            if name_addr not in names_memo:
+                chars = read(deref(name_refs[i], h5d.DatasetID, "a name"), MAX_NAME_CHARS).ravel()
+                names_memo[name_addr] = chars.astype(np.uint16).tobytes().decode("utf-16-le")  # MATLAB char = UTF-16
+            if bbox_addr not in groups_memo:
+                gid = deref(bbox_refs[i], h5g.GroupID, "a bbox")
+                groups_memo[bbox_addr] = {k: values(gid, k.encode()) for k in MAT_FIELDS}
+            entries.append(_entry(names_memo[name_addr], groups_memo[bbox_addr]))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            OverflowError) as e:
         raise DataError(f"{path}: entry {i + 1} of {len(name_refs)} is damaged or has an "
                         f"unexpected layout ({type(e).__name__}: {e})") from None
     return entries
@@ -405,15 +457,21 @@ def summarize(problems: Sequence[Problem], examples: int = 5) -> str:
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """A photo as (H, W, 3) uint8 RGB. DataError naming the file if missing or unreadable
-    (a truncated PNG fails here, not later)."""
+    """A photo as (H, W, 3) uint8 RGB. DataError naming the file if missing, unreadable (a
+    truncated PNG fails here, not later) or over MAX_PHOTO_PIXELS (checked from its header,
+    before decoding)."""
 
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PHOTO_PIXELS:
+                raise DataError(f"{path}: photo of {im.width:,} x {im.height:,} pixels, over the limit of "
+                                f"{MAX_PHOTO_PIXELS:,} (refused before decoding)")
             im.load()  # decode now so truncation/corruption is detected here
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: image file missing") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL's guard, at open, for the very largest
+        raise DataError(f"{path}: photo over PIL's pixel limit, refused before decoding ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None

@@ -59,7 +59,7 @@ from transcribe.cli import add_train_arguments
 from transcribe.config import MAX_DIGITS, RESUMABLE_CHANGES, TrainConfig
 from transcribe.progress import Progress
 from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
-                             git_commit, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
+                             LOCK_FILE, atomic_write, git_commit, lock_run, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
 
 EVAL_BATCH = 256          # images per forward pass during evaluation (memory, not results)
 PROGRESS_POSTFIX_EVERY = 20  # steps between progress-bar loss updates (.item() syncs a GPU)
@@ -392,9 +392,11 @@ def open_run_folder(out: Path, model_cfg, data_cfg, cfg: TrainConfig, state: dic
     the TensorBoard writer."""
     out.mkdir(parents=True, exist_ok=True)
     save_json({"model": model_cfg, "data": data_cfg, "train": cfg}, out / CONFIG_FILE)
-    (out / COMMIT_FILE).write_text(git_commit() + "\n")
+    atomic_write(out / COMMIT_FILE, git_commit() + "\n")
     if resumed:
-        truncate_metrics(out, state["step"])
+        note = truncate_metrics(out, state["step"])
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return SummaryWriter(str(out / "tb"), purge_step=state["step"] if resumed else None)
 
 
@@ -446,9 +448,14 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     micro = cfg.batch_size // (procs.world * cfg.accum)  # images per forward pass of this process
     out = Path(cfg.out)
     last_path = out / CKPT_LAST
-    resumed = last_path.exists()  # decided before any rank can write a checkpoint (see the barrier)
+    # Rank 0 writes the run folder; it holds the lock, so a second trainer is refused (RunInUse).
+    lock = lock_run(out) if master else contextlib.nullcontext()
     try:
-        with numerics(cfg, device):
+        with lock as stale, numerics(cfg, device):
+            if stale:
+                print(f"note: {out / LOCK_FILE}: taken over from {stale}, which ended without "
+                      f"releasing it (killed?)", file=sys.stderr)
+            resumed = last_path.exists()  # decided before any rank can write a checkpoint (see the barrier)
             data = load_data(data_cfg, cfg, procs)
             n_train, steps_per_epoch = len(data.images), len(data.images) // cfg.batch_size
             raw_model, model, optimizer, state = build_model(model_cfg, data_cfg, cfg, procs, last_path, resumed)

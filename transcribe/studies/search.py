@@ -28,20 +28,30 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 
 POLL_SECONDS = 0.5       # how often a trial reads its metrics.jsonl
 SQLITE_TIMEOUT = 60      # seconds a worker waits for the SQLite lock (several processes write)
+# A worker on another machine that dies (SIGKILL, power) stops its trial's heartbeat; after the
+# grace period the next worker to start a trial marks it failed (Optuna's stale-trial check).
+# Workers on this machine are checked by pid at once (fail_orphaned_trials).
+HEARTBEAT_SECONDS = 60
+GRACE_SECONDS = 180
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,10 @@ def apply_params(params: dict, model_cfg, data_cfg, train_cfg):
 def _storage(url: str):
     import optuna
     if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and used here on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}},
+                                              heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     return url
 
 
@@ -142,6 +155,44 @@ def make_pruner(kind: str, startup: int):
 # One trial
 
 
+def trial_folder(out: Path, study_name: str, number: int) -> Path:
+    """OUT/trials/<study>/<number>: trial numbers count per study, so two studies sharing one
+    --out must not share folders (each would delete the other's trials)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", study_name).strip(".")
+    if safe != study_name:  # made safe as a folder name: keep distinct names distinct
+        safe = f"{safe or 'study'}-{hashlib.sha1(study_name.encode()).hexdigest()[:8]}"
+    return out / "trials" / safe / f"{number:04d}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the training subprocess, before it runs: ask Linux to send it SIGTERM when the worker
+    that started it dies, however it dies (prctl PR_SET_PDEATHSIG); elsewhere, nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(1)
+
+
+def fail_orphaned_trials(storage_url: str, study_name: str) -> list[int]:
+    """Mark FAIL the trials left RUNNING by a worker on this machine that no longer runs (it
+    was killed: nothing in it could mark its trial). Returns their numbers."""
+    import optuna
+    from transcribe.dataset import process_running
+    storage = _storage(storage_url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    host, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") == host and not process_running(int(worker.get("pid", 0))):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
 def run_trial(trial, names, base: dict, out: Path) -> float:
     """Train one configuration in a subprocess; report each evaluation; prune; return the best
     validation sequence accuracy of the run (what early stopping would keep)."""
@@ -152,23 +203,25 @@ def run_trial(trial, names, base: dict, out: Path) -> float:
     from transcribe.model import ModelConfig
     from transcribe.training import TrainConfig
     params = suggest(trial, names)
-    run = out / "trials" / f"{trial.number:04d}"
+    run = trial_folder(out, trial.study.study_name, trial.number)
     model_cfg, data_cfg, train_cfg = apply_params(
         params, C.from_dict(ModelConfig, base["model"]), C.from_dict(DataConfig, base["data"]),
         C.from_dict(TrainConfig, base["train"]))
     train_cfg = dataclasses.replace(train_cfg, out=str(run), threads=1, progress=False)
-    # A trial number is new in its study, so a folder already there belongs to another study
-    # (e.g. one whose database was deleted): training would try to resume it. Start clean.
+    # A trial number is new in its study, so a folder already there belongs to an earlier study
+    # of the same name (e.g. one whose database was deleted): training would resume it. Start clean.
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
     cfg_path = run / "trial.json"
     save_json({"model": model_cfg, "data": data_cfg, "train": train_cfg}, cfg_path)
     trial.set_user_attr("run", str(run))
+    trial.set_user_attr("worker", {"pid": os.getpid(), "host": socket.gethostname()})
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(run / "train.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "transcribe.cli", "train", "--config", str(cfg_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
     seen, best, pruned = 0, -1.0, False
     try:
         while True:
@@ -211,6 +264,7 @@ def _worker(storage_url: str, study_name: str, sampler: str, names, seed, pruner
     """One worker process: load the shared study and run its share of trials."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fail_orphaned_trials(storage_url, study_name)
     study = optuna.load_study(study_name=study_name, storage=_storage(storage_url),
                               sampler=make_sampler(sampler, names, seed), pruner=make_pruner(pruner, startup))
     study.optimize(lambda t: run_trial(t, names, base, Path(out)), n_trials=n_trials, timeout=timeout,
@@ -348,6 +402,9 @@ def run_search(args: argparse.Namespace) -> int:
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
             print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+    orphans = fail_orphaned_trials(storage_url, args.study_name)
+    if orphans:
+        print(f"marked failed: trial(s) {orphans}, left running by worker(s) that were killed", file=sys.stderr)
     study = optuna.load_study(study_name=args.study_name, storage=_storage(storage_url))
     best_cfg = write_results(study, out)
     print((out / "results.md").read_text())
