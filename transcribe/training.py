@@ -40,6 +40,7 @@ import functools
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
