@@ -12,9 +12,11 @@ printing the cases run and the outcomes, which hypothesis.event records)."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import tracemalloc
@@ -39,6 +41,7 @@ FIXTURES = SHARED_DATA / "svhn-fixtures"
 MATS = {s: FIXTURES / s / "digitStruct.mat" for s in ("train", "test", "extra")}
 needs_fixtures = pytest.mark.skipif(not FIXTURES.exists(), reason=f"real SVHN fixtures not found at {FIXTURES}")
 SCRATCH = Path(tempfile.mkdtemp(prefix="transcribe-fuzz-"))  # one folder per process, files overwritten
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 @contextmanager
@@ -255,5 +258,4 @@ def test_any_archive_is_extracted_safely_or_refused_before_writing(members, comp
             assert not p.is_symlink() and (p.is_file() or p.is_dir()), p
             assert dest.resolve() in p.resolve().parents
     finally:
-        import shutil
         shutil.rmtree(box)
