@@ -18,7 +18,6 @@ log-probabilities within CHECK_TOLERANCE.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import warnings
 from pathlib import Path

@@ -26,11 +26,9 @@ out-of-fold predictions.jsonl, report, plots and gallery: the usual tools read t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -63,17 +61,17 @@ def load_photos(folder: str | Path, limit: int | None = None) -> tuple[list[Phot
     """Every usable photo of a format-1 folder; unreadable ones are counted, not fatal."""
     split = svhn.read_split(folder)
     photos, problems = [], [p for p in split.problems if p.skipped]
-    for rec in split.records[:limit]:
-        path = Path(split.folder) / rec.file
+    for record in split.records[:limit]:
+        path = Path(split.folder) / record.file
         try:
             image = svhn.load_image(path)
         except svhn.DataError as err:
-            problems.append(svhn.Problem(rec.file, str(err), True))
+            problems.append(svhn.Problem(record.file, str(err), True))
             continue
         try:
-            photos.append(photo_from(image, crops.number_box(rec.boxes), str(path), rec.text))
+            photos.append(photo_from(image, crops.number_box(record.boxes), str(path), record.text))
         except ValueError as err:
-            problems.append(svhn.Problem(rec.file, f"{path}: {err}", True))
+            problems.append(svhn.Problem(record.file, f"{path}: {err}", True))
     return photos, problems
 
 
@@ -252,7 +250,7 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
     step, start = 0, time.time()
     for epoch in range(cfg.epochs):
         model.train()
-        # one view per photo per epoch: view (epoch + photo's offset) mod views
+        # one of its augmented views per photo per epoch, drawn at random
         chosen = [feats[(epoch + int(rng.integers(cfg.views))) % cfg.views][i] for i in idx]
         texts = [photos[i].text for i in idx]
         total, n = 0.0, 0
