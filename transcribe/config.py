@@ -175,8 +175,9 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     device: str = _f("auto", "auto (cuda if present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     compile: bool = _f(False, "torch.compile the model (CUDA)")
-    # Default off until bf16 is shown to reach float32's accuracy on the demo (same steps, seed).
-    amp: str = _f("off", "autocast: auto = bf16 where measured faster on this machine (CUDA; CPUs "
+    # auto by default: on the demo, bf16 reached float32's accuracy at the same steps and seed
+    # (92.05% vs 92.00% validation, 948 steps) in 58% of the time (README, issue 14).
+    amp: str = _f("auto", "autocast: auto = bf16 where measured faster on this machine (CUDA; CPUs "
                          "with bf16 instructions; cached, see precision.py; float32 under --deterministic); "
                          "off = float32",
                   choices=("auto", "bf16", "off"))
