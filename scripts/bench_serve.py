@@ -36,6 +36,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(run: Path, db: Path, token: str, *extra: str):
+    """`transcribe serve RUN` in a child process on a free port, once /healthz answers.
+    -> (process, base URL, auth headers). Also used by serve_screenshot.py."""
+    import httpx
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "transcribe.cli", "serve", str(run), "--port", str(port),
+                             "--db", str(db), "--token", token, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/healthz", headers=headers, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, url, headers
+
+
 def photos(folder: Path, n: int) -> list[tuple[Path, tuple[float, ...]]]:
     """n (photo, number box) pairs from a format-1 folder, cycling if it holds fewer."""
     records = svhn.read_split(folder).records
@@ -60,19 +78,10 @@ def single_process(run: Path, items, threads: int, batch: int = 256) -> float:
 
 def serve(run: Path, items, clients: int, threads: int) -> dict:
     import httpx
-    port, folder = free_port(), Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     db = folder / "reviews.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "transcribe.cli", "serve", str(run), "--port", str(port),
-                             "--db", str(db), "--token", TOKEN, "--threads", str(threads)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    proc, url, headers = start_server(run, db, TOKEN, "--threads", str(threads))
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", headers=headers, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         data = {p: p.read_bytes() for p, _ in items}
         latencies: list[float] = []
         failures: list[str] = []

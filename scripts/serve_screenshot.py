@@ -9,11 +9,8 @@ signs in as an operator and saves OUT/serve-review.png and OUT/serve-status.png.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from transcribe import crops, svhn
@@ -33,20 +30,10 @@ def main() -> int:
     args = parser.parse_args()
     import httpx
     from playwright.sync_api import sync_playwright
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from bench_serve import start_server  # scripts/ is on sys.path when this script runs
     db = Path(tempfile.mkdtemp(prefix="serve-shot-")) / "reviews.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "transcribe.cli", "serve", str(args.run), "--port", str(port),
-                             "--db", str(db), "--token", TOKEN, "--threshold", "0"], stdout=subprocess.DEVNULL)
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    proc, url, headers = start_server(args.run, db, TOKEN, "--threshold", "0")
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", headers=headers, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         for r in svhn.read_split(args.photos).records[:args.n]:
             box = ",".join(f"{v:g}" for v in crops.number_box(r.boxes))
             httpx.post(url + "/v1/transcriptions", headers=headers, data={"box": box},
