@@ -168,20 +168,38 @@ def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Output: one record per photo (CSV with a header, or JSON lines): file, decision (accepted / "
+                     "referred / unreadable), reason, transcription (the best guess, also when referred), log_p "
+                     "(log P(S|X)), p, box (left, top, width, height of the crop read), box_source, alternatives.")
     parser.add_argument("images", nargs="+", type=pathlib.Path,
-                        help="photos, or folders (every image in them; the answer is then a CSV)")
-    parser.add_argument("--box", default=None, metavar="L,T,W,H",
-                        help="the number's box in the photo (pixels); it is widened by the run's factor "
-                             "(write --box=-3,... when left is negative). Without it the number is found "
-                             "in the photo (localize.py; an already cropped number is found too)")
-    parser.add_argument("--model", type=pathlib.Path, default=None, metavar="MODEL.onnx",
+                        help="photos, or folders (every image in them, in natural order)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--box", default=None, metavar="L,T,W,H",
+                       help="the number's box in the one photo (pixels); it is widened by the run's factor "
+                            "(write --box=-3,... when left is negative). Without --box or --boxes the number "
+                            "is found in the photo (localize.py; an already cropped number is found too)")
+    where.add_argument("--boxes", type=pathlib.Path, default=None, metavar="FILE",
+                       help="boxes for many photos: a CSV with columns file,left,top,width,height (one row per "
+                            "digit or per number; a photo's rows are joined into one box) or a format-1 "
+                            "digitStruct.mat. Photos are matched by path, else by file name; a photo not listed "
+                            "is reported unreadable, not searched")
+    reader = parser.add_mutually_exclusive_group()
+    reader.add_argument("--run", type=pathlib.Path, default=pathlib.Path(C.DEFAULT_RUN),
+                        help=f"run folder with ckpt-best.pt and threshold.json, or a transfer run's model.pt "
+                             f"(default: {C.DEFAULT_RUN})")
+    reader.add_argument("--model", type=pathlib.Path, default=None, metavar="MODEL.onnx",
                         help="read with files from `transcribe export` instead of --run: no torch needed "
                              "(pip install 'transcribe[runtime]'; runtime.py)")
-    parser.add_argument("--run", type=pathlib.Path, default=pathlib.Path(C.DEFAULT_RUN),
-                        help=f"run folder with ckpt-*.pt and threshold.json (default: {C.DEFAULT_RUN})")
-    parser.add_argument("--csv", type=pathlib.Path, default=None, metavar="OUT",
-                        help="write file, transcription (empty when referred), confidence, log_confidence, "
-                             "decision to OUT")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K",
+                        help="also list the K most probable transcriptions with their log P(S|X) (default: 0)")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output format (default: csv)")
+    parser.add_argument("--out", type=pathlib.Path, default=None, metavar="FILE",
+                        help="write the records to FILE (atomically) instead of stdout")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where a --run ConvNet reads (default: auto = cuda when available); transfer "
+                             "runs and --model read on the CPU")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="crops per forward pass (memory only; the answers do not depend on it; default: 64)")
 
 
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -92,14 +92,26 @@ def prefix_beam_search(log_probs: np.ndarray, beam: int = BEAM, max_len: int = M
 def decode(log_probs: torch.Tensor, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[Reading]:
     """The most probable labelling of each item and its exact log P(S|X). log_probs: (B, T, C).
     beam=1 is the best path (cut to max_len digits), scored exactly."""
+    return [readings[0] for readings in decode_top_k(log_probs, 1, beam, max_len)]
+
+
+def decode_top_k(log_probs: torch.Tensor, k: int, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[list[Reading]]:
+    """The k most probable labellings of each item among the search's candidates, most probable
+    first, each with its exact log P(S|X). log_probs: (B, T, C).
+
+    The candidates are the prefix beam search's survivors (beam max(beam, k)) and the best path;
+    every one is rescored with the forward algorithm, so the order is exact among them. A
+    labelling the search dropped cannot appear (tests/test_ctc.py measures this against brute
+    force); with k <= beam the first reading is decode()'s."""
     lp = log_probs.detach().float()
     arrays = lp.cpu().numpy()
+    width = max(beam, k) if beam > 1 else beam
     candidates = []
     for a in arrays:
-        if beam <= 1:
+        if width <= 1:
             candidates.append([best_path(a)[:max_len]])
         else:
-            cands = prefix_beam_search(a, beam, max_len)
+            cands = prefix_beam_search(a, width, max_len)
             greedy = best_path(a)
             if len(greedy) <= max_len and greedy not in cands:
                 cands.append(greedy)
@@ -108,8 +120,8 @@ def decode(log_probs: torch.Tensor, beam: int = BEAM, max_len: int = MAX_DIGITS)
     owner = [i for i, cands in enumerate(candidates) for _ in cands]
     texts = [t for cands in candidates for t in cands]
     scores = log_likelihood(lp[owner], texts).numpy()
-    best: dict[int, Reading] = {}
+    per_item: list[list[Reading]] = [[] for _ in candidates]
     for i, text, s in zip(owner, texts, scores):
-        if i not in best or s > best[i].logp:
-            best[i] = Reading(text, float(s))
-    return [best[i] for i in range(len(candidates))]
+        per_item[i].append(Reading(text, float(s)))
+    # sorted() is stable: among equal scores the search's order decides, as decode() always did
+    return [sorted(readings, key=lambda r: -r.logp)[:k] for readings in per_item]

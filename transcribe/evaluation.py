@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from transcribe import dataset, metrics, predictions, report, sequence
+from transcribe import card, dataset, metrics, predictions, report, sequence
 from transcribe.config import INPUT_SIZE, TARGET
 from transcribe.predictions import round_probs, write_predictions
 from transcribe.runs import THRESHOLD_FILE, atomic_write, load_run, read_threshold, save_json, write_threshold
@@ -32,8 +32,9 @@ from transcribe.svhn import DataError
 EVAL_BATCH = 256      # photos per forward pass (memory only: results do not depend on it)
 
 
-def predict_images(model, images, crop: int = INPUT_SIZE, batch_size: int = EVAL_BATCH) -> list[dict]:
-    """Decode (N, S, S, 3) uint8 crops: one dict per image with pred, confidences and probabilities.
+def predict_images(model, images, crop: int = INPUT_SIZE, batch_size: int = EVAL_BATCH, top_k: int = 0) -> list[dict]:
+    """Decode (N, S, S, 3) uint8 crops: one dict per image with pred, confidences and probabilities
+    (and, with top_k, "alternatives": the top_k most probable [text, log P(S|X)], sequence.top_k).
 
     The centre crop and mean subtraction are dataset.prepare_batch's (train=False), exactly what
     validation during training sees. The decoding is sequence.decode for the model's head.
@@ -55,6 +56,9 @@ def predict_images(model, images, crop: int = INPUT_SIZE, batch_size: int = EVAL
                 for j, text in enumerate(texts):
                     out.append({"pred": text, "confidence": logp[j], "adhoc_confidence": adhoc[j],
                                 "length_probs": round_probs(length_probs[j]), "digit_probs": round_probs(digit_probs[j])})
+                if top_k:
+                    for row, alts in zip(out[-len(texts):], sequence.top_k(length_logits, digit_logits, top_k, head)):
+                        row["alternatives"] = [[t, lp] for t, lp in alts]
     finally:
         model.train(was_training)
     return out
@@ -130,7 +134,12 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
         saved = read_threshold(run)
     name = _split_name(split) + ("" if checkpoint == "best" else f"-{checkpoint}")
     out = run / "eval" / name
-    cache = split_cache(split, data_cfg)
+    if split == "val":  # split_cache("val") is load_splits' second half; the first is counted for the card
+        train_cache, cache = dataset.load_splits(data_cfg)
+        data_facts = card.data_facts(train_cache, cache)
+        del train_cache
+    else:
+        cache, data_facts = split_cache(split, data_cfg), None
     started = time.perf_counter()
     rows = predict_rows(model, cache, crop=data_cfg.crop)
     seconds = time.perf_counter() - started
@@ -139,7 +148,8 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     save_json({"system": f"transcribe {run.name}", "images_per_second": round(len(rows) / seconds, 2),
                "speed_measured": f"model inference on cached 64x64 crops, batch {EVAL_BATCH}, "
                                  f"{torch.get_num_threads()} threads",
-               "checkpoint": str(run / f"ckpt-{checkpoint}.pt"), "step": ckpt.get("step")}, out / "meta.json")
+               "checkpoint": str(run / f"ckpt-{checkpoint}.pt"), "step": ckpt.get("step"),
+               **({"data": data_facts} if data_facts else {})}, out / "meta.json")
     if split == "val":
         rep = metrics.report(rows, target=target)
         th = rep["threshold"]
@@ -160,9 +170,11 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     report.write_pr_curve(rows, out / "tb", tag=f"accept/{name}", step=int(ckpt.get("step") or 0))
     gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out),
                                    plots=plots)
+    model_card = card.write_card(run, sum(p.numel() for p in model.parameters()))
     say(headline(rep, name))
     say(f"report: {out / 'report.md'}")
     say(f"gallery: {gallery['gallery']}")
+    say(f"model card: {model_card}")
     return {"report": rep, "out": out, "gallery": gallery["gallery"], "threshold": rep["threshold"]["value"]}
 
 

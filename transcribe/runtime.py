@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transcribe import localize
+from transcribe import alternatives, localize
 
 FORMAT = "transcribe-onnx-1"   # model.json's "format": bump when the files' contract changes
 SPEC_NAME = "model.json"
@@ -26,9 +26,9 @@ READ_BATCH = 64                # crops per ONNX call (memory only; results do no
 
 class Reader:
     """An exported reader: (N, S, S, 3) uint8 crops -> N dicts (pred, confidence, adhoc_confidence,
-    length_probs, digit_probs), the same keys evaluation.predict_images gives."""
+    length_probs, digit_probs, and with top_k alternatives), the keys evaluation.predict_images gives."""
 
-    def __init__(self, model: str | Path, threads: int = 0):
+    def __init__(self, model: str | Path, threads: int = 0, top_k: int = 0, batch_size: int = READ_BATCH):
         model = Path(model)
         if model.is_dir():
             model = model / "model.onnx"
@@ -44,7 +44,7 @@ class Reader:
             raise localize.PhotoError(f"{spec_path}: not JSON ({err.msg})") from None
         if not isinstance(spec, dict) or spec.get("format") != FORMAT:
             raise localize.PhotoError(f"{spec_path}: not a {FORMAT} description; export the run again")
-        self.spec, self.path = spec, model
+        self.spec, self.path, self.top_k, self.batch_size = spec, model, top_k, max(1, batch_size)
         self.session = localize.onnx_session(model, threads)
         self.input = self.session.get_inputs()[0].name
         det = spec.get("detector")
@@ -53,10 +53,10 @@ class Reader:
     def __call__(self, images: np.ndarray) -> list[dict]:
         inp = self.spec["input"]
         out = []
-        for start in range(0, len(images), READ_BATCH):
-            x = prepare(images[start:start + READ_BATCH], inp["crop"], inp["pixel_scale"])
+        for start in range(0, len(images), self.batch_size):
+            x = prepare(images[start:start + self.batch_size], inp["crop"], inp["pixel_scale"])
             lp_len, lp_dig = self.session.run(None, {self.input: x})    # (B, N + 2), (B, N, C)
-            out += decode(lp_len, lp_dig, self.spec["head"])
+            out += decode(lp_len, lp_dig, self.spec["head"], top_k=self.top_k)
         return out
 
 
@@ -70,9 +70,11 @@ def prepare(images: np.ndarray, crop: int, pixel_scale: float) -> np.ndarray:
     return np.ascontiguousarray(x / np.float32(pixel_scale))
 
 
-def decode(lp_len: np.ndarray, lp_dig: np.ndarray, head: str = "sequence", decimals: int = 5) -> list[dict]:
+def decode(lp_len: np.ndarray, lp_dig: np.ndarray, head: str = "sequence", decimals: int = 5,
+           top_k: int = 0) -> list[dict]:
     """sequence.decode in numpy, from log-probabilities: the most probable transcription and its
-    log P(S|X) (Goodfellow et al. 2014, sec. 3: log P(L = n) + sum_{i <= n} log P(S_i = s_i))."""
+    log P(S|X) (Goodfellow et al. 2014, sec. 3: log P(L = n) + sum_{i <= n} log P(S_i = s_i));
+    with top_k, "alternatives": the top_k most probable [text, log P(S|X)] (alternatives.py)."""
     lp_len, lp_dig = lp_len.astype(np.float64), lp_dig.astype(np.float64)
     b, n, _ = lp_dig.shape
     best_lp, best_d = lp_dig.max(-1), lp_dig.argmax(-1)                 # (B, N)
@@ -96,6 +98,8 @@ def decode(lp_len: np.ndarray, lp_dig: np.ndarray, head: str = "sequence", decim
         out.append({"pred": text, "confidence": float(logp[j]), "adhoc_confidence": float(adhoc[j]),
                     "length_probs": np.round(np.exp(lp_len[j]), decimals).tolist(),
                     "digit_probs": np.round(np.exp(lp_dig[j]), decimals).tolist()})
+        if top_k:
+            out[-1]["alternatives"] = [[t, lp] for t, lp in alternatives.top_k(lp_len[j], lp_dig[j], top_k, head)]
     return out
 
 
@@ -105,41 +109,91 @@ def decide(pred: str, confidence: float, threshold: float | None) -> str:
     return "accept" if threshold is not None and confidence >= threshold and pred != ">5" else "refer"
 
 
+def why_referred(pred: str, confidence: float, threshold: float | None) -> str | None:
+    """The reason decide() refers a photo, in words; None when it accepts it."""
+    if threshold is None:
+        return "no threshold reached the target accuracy on validation: every photo is referred"
+    if pred == ">5":
+        return "more digits than the model can spell (>5)"
+    if confidence < threshold:
+        return f"confidence below threshold (log P {confidence:.3f} < {threshold:.3f})"
+    return None
+
+
+def unreadable(path, why: str, source: str | None = None) -> dict:
+    """The row of a photo that was not read: decision "unreadable", the reason in one line."""
+    return {"file": str(path), "pred": None, "confidence": None, "probability": None, "decision": "unreadable",
+            "reason": why, "box": None, "source": source}
+
+
 def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | None, widen: float,
-                size: int, box=None) -> tuple[list[dict], list[str]]:
-    """Rows (file, pred, confidence, probability, decision, box, source) for whole photos, and one
-    line per unreadable photo. With `box` the number's box is given and only widened (no search)."""
+                size: int, box=None, boxes: Sequence | None = None, batch_size: int = READ_BATCH
+                ) -> tuple[list[dict], list[str]]:
+    """Rows (file, pred, confidence, probability, decision, reason, box, source[, alternatives]) for
+    whole photos, and one line per unreadable photo.
+
+    Each photo's number box: `boxes[i]` (a (box, source) pair, e.g. from a --boxes file, or None),
+    else `box` for every photo; a given box is only widened and read (no search), batch_size
+    crops per call of `read`. Without one the number is found in the photo (localize.locate)."""
     from transcribe import crops
-    rows, problems = [], []
-    for path in paths:
+    wanted = list(boxes) if boxes is not None else [None if box is None else (box, "given")] * len(paths)
+    rows: list[dict | None] = [None] * len(paths)
+    problems: list[str] = []
+    pending: list[tuple[int, np.ndarray, tuple]] = []   # (row, crop, crop box) waiting to be read
+
+    def flush():
+        if pending:
+            for (i, _, crop_box), r in zip(pending, read(np.stack([c for _, c, _ in pending]))):
+                rows[i] = _row(paths[i], r, threshold, crop_box, wanted[i][1])
+            pending.clear()
+
+    for i, path in enumerate(paths):
         try:
             image = localize.load_photo(path)
         except localize.PhotoError as err:
             problems.append(str(err))
-            rows.append({"file": str(path), "pred": "", "confidence": None, "probability": None,
-                         "decision": "unreadable", "box": None})
+            rows[i] = unreadable(path, str(err))
             continue
-        if box is not None:
-            crop_box, source = crops.widen(box, widen), "given"
-            r = read(crops.crop(image, crop_box, size)[None])[0]
+        if wanted[i] is not None:
+            crop_box = crops.widen(wanted[i][0], widen)
+            why = crops.unusable_box(crop_box, image.shape[1], image.shape[0])
+            if why:
+                problems.append(f"{path}: box {tuple(round(float(v), 2) for v in wanted[i][0])} ({wanted[i][1]}) "
+                                f"widened to a {why}")
+                rows[i] = unreadable(path, problems[-1], wanted[i][1])
+                continue
+            pending.append((i, crops.crop(image, crop_box, size), crop_box))
+            if len(pending) >= batch_size:
+                flush()
         else:
             loc = localize.locate(image, detector, read, widen, size)
-            crop_box, source, r = loc.crop_box, loc.source, loc.read
-        rows.append({"file": str(path), "pred": r["pred"], "confidence": r["confidence"],
-                     "probability": math.exp(r["confidence"]), "decision": decide(r["pred"], r["confidence"], threshold),
-                     "box": [round(float(v), 2) for v in crop_box], "source": source})
-    return rows, problems
+            rows[i] = _row(path, loc.read, threshold, loc.crop_box, loc.source)
+    flush()
+    return rows, problems  # type: ignore[return-value]
 
 
-def predict(paths: Sequence[str | Path], model: str | Path, box=None) -> tuple[list[dict], list[str]]:
-    """evaluation.predict's answer from exported files: (rows, problems)."""
-    reader = Reader(model)
+def _row(path, r: dict, threshold: float | None, crop_box, source: str) -> dict:
+    row = {"file": str(path), "pred": r["pred"], "confidence": r["confidence"],
+           "probability": math.exp(r["confidence"]), "decision": decide(r["pred"], r["confidence"], threshold),
+           "reason": why_referred(r["pred"], r["confidence"], threshold),
+           "box": [round(float(v), 2) for v in crop_box], "source": source}
+    if "alternatives" in r:
+        row["alternatives"] = r["alternatives"]
+    return row
+
+
+def predict(paths: Sequence[str | Path], model: str | Path, box=None, boxes: Sequence | None = None,
+            top_k: int = 0, batch_size: int = READ_BATCH) -> tuple[list[dict], list[str]]:
+    """evaluation.predict's answer from exported files: (rows, problems). `box`, `boxes` as in
+    read_photos."""
+    reader = Reader(model, top_k=top_k, batch_size=batch_size)
     spec = reader.spec
     detector = None
-    if box is None:
+    needs_search = any(b is None for b in boxes) if boxes is not None else box is None
+    if needs_search:
         if reader.detector_path is None or not reader.detector_path.is_file():
             raise localize.PhotoError(f"{reader.detector_path or reader.path.parent / 'detector.onnx'}: the detector "
                                       f"is missing; export the run again, or give --box")
         detector = localize.Detector(reader.detector_path, min_side=spec["localize"]["det_min_side"])
     return read_photos(paths, reader, detector, spec["threshold"], spec["input"]["widen"],
-                       spec["input"]["cache_size"], box)
+                       spec["input"]["cache_size"], box, boxes, batch_size)

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from transcribe import alternatives
 from transcribe.config import BLANK, MAX_DIGITS
 
 REFUSED_TEXT = f">{MAX_DIGITS}"  # text of a refused photo: the model says more than MAX_DIGITS digits
@@ -140,6 +141,15 @@ def decode(length_logits, digit_logits, head: str = "sequence") -> Decoded:
     digits = torch.where(keep, best_d, torch.full_like(best_d, -1))
     return Decoded(lengths=lengths, digits=digits, logp=logp, adhoc_logp=adhoc,
                    length_probs=lp_len.exp(), digit_probs=lp_dig.exp(), refused=refused)
+
+
+def top_k(length_logits, digit_logits, k: int, head: str = "sequence") -> list[list[tuple[str, float]]]:
+    """The k most probable transcriptions of each image, exactly, with their log P(S|X), most
+    probable first (alternatives.py; the first is decode()'s). -> B lists of (text, logp)."""
+    _check_head(head)
+    lp_len = torch.log_softmax(_upcast(length_logits.detach()), dim=-1).double().cpu().numpy()
+    lp_dig = torch.log_softmax(_upcast(digit_logits.detach()), dim=-1).double().cpu().numpy()
+    return [alternatives.top_k(a, b, k, head) for a, b in zip(lp_len, lp_dig)]
 
 
 def to_text(length, digits: Sequence) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from . import crops, ctc, metrics, predictions, runs, sequence, svhn
+from . import card, crops, ctc, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
 from .config import MAX_DIGITS, TARGET, TransferConfig, from_args, to_dict
 from .runs import save_json
@@ -208,22 +208,33 @@ def nll(model: rec.LineRecognizer, feats: torch.Tensor, texts: list[str], cfg: T
 # ----------------------------------------------------------------------------- train and predict
 
 def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Photo],
-         idx: list[int], beam: int) -> list[dict]:
-    """Predictions rows (predictions.jsonl) for photos[idx] from their evaluation features."""
+         idx: list[int], beam: int, top_k: int = 0) -> list[dict]:
+    """Predictions rows (predictions.jsonl) for photos[idx] from their evaluation features; with
+    top_k, "alternatives": the top_k most probable [text, log P(S|X)] (sequence.top_k, exact for
+    the sequence head; ctc.decode_top_k, the beam's survivors rescored exactly, for CTC)."""
     model.eval()
     rows: dict[int, dict] = {}
     with torch.no_grad():
         for b in batches_by_width(idx, feats, 64, None):
             if isinstance(model.head, SequenceHead):
-                dec = sequence.decode(*model.from_stem(stack(feats, b)))
+                logits = model.from_stem(stack(feats, b))
+                dec = sequence.decode(*logits)
                 for i, text, logp, adhoc in zip(b, dec.texts(), dec.logp.tolist(), dec.adhoc_logp.tolist()):
                     rows[i] = {"image": photos[i].path, "file": Path(photos[i].path).name, "truth": photos[i].text,
                                "pred": text, "confidence": logp, "adhoc_confidence": adhoc,
                                "length_probs": None, "digit_probs": None}
+                if top_k:
+                    for i, alts in zip(b, sequence.top_k(*logits, top_k)):
+                        rows[i]["alternatives"] = [[t, lp] for t, lp in alts]
                 continue
             log_probs = model.from_stem(stack(feats, b))
             best = log_probs.argmax(-1)
-            for i, reading, lp, path in zip(b, ctc.decode(log_probs, beam), log_probs, best):
+            if top_k:
+                ranked = ctc.decode_top_k(log_probs, top_k, beam)
+                decoded = [r[0] for r in ranked]
+            else:
+                decoded = ctc.decode(log_probs, beam)
+            for n, (i, reading, lp, path) in enumerate(zip(b, decoded, log_probs, best)):
                 photo = photos[i]
                 emitted = [(t, int(path[t])) for t in range(len(path)) if path[t] != 0 and (t == 0 or path[t] != path[t - 1])]
                 probs = [float(lp[t, c].exp()) for t, c in emitted]
@@ -234,6 +245,8 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
                            "adhoc_confidence": math.log(max(sum(probs) / len(probs), 1e-30)) if probs else -50.0,
                            "best_path_confidence": float(lp.max(-1).values.sum()),
                            "length_probs": None, "digit_probs": None}
+                if top_k:
+                    rows[i]["alternatives"] = [[r.text, r.logp] for r in ranked[n]]
     return [rows[i] for i in idx]
 
 
@@ -414,16 +427,20 @@ def run_transfer(args: argparse.Namespace) -> int:
     save_json(summary, out / "cv.json")
     print(format_summary(summary), file=sys.stderr)
     print(f"inference: {summary['inference']['images_per_second']} photos/s ({args.threads} threads)", file=sys.stderr)
-    print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/ in {summary['seconds']:.0f} s", file=sys.stderr)
+    card.write_transfer_card(out, {"total": sum(p.numel() for p in model.parameters()),
+                                   "trainable": sum(p.numel() for n, p in model.named_parameters()
+                                                    if not n.startswith("stem.") and p.requires_grad)})
+    print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/, {card.CARD_FILE} in {summary['seconds']:.0f} s",
+          file=sys.stderr)
     return 0
 
 
 def transcribe_photos(model: rec.LineRecognizer, cfg: TransferConfig, photos: list[Photo], stem: "rec.StemSession",
-                      threshold: float | None = None) -> list[dict]:
+                      threshold: float | None = None, top_k: int = 0) -> list[dict]:
     """Read photos (their number boxes known): predictions rows, each with `accepted` (its
-    log P(S|X) at or above the threshold; never without a threshold)."""
+    log P(S|X) at or above the threshold; never without a threshold), and top_k alternatives."""
     feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg)
-    rows = read(model, feats, photos, list(range(len(photos))), cfg.beam)
+    rows = read(model, feats, photos, list(range(len(photos))), cfg.beam, top_k)
     for row in rows:
         row["accepted"] = threshold is not None and row["confidence"] >= threshold
     return rows

@@ -30,15 +30,21 @@ def _split(split: str, data_cfg):
     return evaluation.split_cache(split, data_cfg), evaluation._split_name(split)
 
 
-def _torch_reader(model, data_cfg):
+def _torch_reader(model, data_cfg, top_k: int = 0, batch_size: int | None = None):
     """localize.Reader from a torch model: crops -> evaluation.predict_images rows."""
     from transcribe import evaluation
-    return lambda images: evaluation.predict_images(model, images, crop=data_cfg.crop)
+    batch = batch_size or evaluation.EVAL_BATCH
+    return lambda images: evaluation.predict_images(model, images, crop=data_cfg.crop, batch_size=batch, top_k=top_k)
 
 
 def _write_rows(rows, path):
     from transcribe import predictions
     return predictions.write_predictions(rows, path)
+
+
+def _write_card(run: Path, model) -> Path:
+    from transcribe import card
+    return card.write_card(run, sum(p.numel() for p in model.parameters()))
 
 
 def _threshold(run: Path) -> dict | None:
@@ -49,11 +55,14 @@ def _threshold(run: Path) -> dict | None:
 # ---------------------------------------------------------------- predict
 
 
-def read_whole(paths, model, data_cfg, threshold: float | None) -> tuple[list[dict], list[str]]:
-    """evaluation.predict without a box: find the number in each photo (localize.py), read it."""
-    detector = localize.Detector()
-    return runtime.read_photos(paths, _torch_reader(model, data_cfg), detector, threshold,
-                               data_cfg.widen, data_cfg.size)
+def read_whole(paths, model, data_cfg, threshold: float | None, box=None, boxes=None, top_k: int = 0,
+               batch_size: int = runtime.READ_BATCH) -> tuple[list[dict], list[str]]:
+    """predict.predict with the torch model: a photo without a box is searched for its number
+    (localize.py), a photo with one (`box`, or its entry in `boxes`) is cropped around it; then read."""
+    needs_search = any(b is None for b in boxes) if boxes is not None else box is None
+    detector = localize.Detector() if needs_search else None
+    return runtime.read_photos(paths, _torch_reader(model, data_cfg, top_k, batch_size), detector, threshold,
+                               data_cfg.widen, data_cfg.size, box, boxes, batch_size)
 
 
 # ---------------------------------------------------------------- evaluate --no-boxes
@@ -133,8 +142,10 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
     tmp.write_text(metrics.to_markdown(rep, title=title) + _markdown(rep["localization"], rep))
     tmp.replace(out / "report.md")
     gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out))
+    model_card = _write_card(run, model)
     say(summary(rep, out.name))
     say(f"report: {out / 'report.md'}")
+    say(f"model card: {model_card}")
     say(f"gallery: {gallery['gallery']}  (red: the box found; green: the true box)")
     return {"report": rep, "out": out}
 
