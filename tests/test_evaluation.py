@@ -89,6 +89,19 @@ def test_evaluate_val_then_test_reuses_the_validation_threshold(tiny_run, capsys
     assert result["gallery"] == run / "eval" / "test" / "gallery.html"
     meta = json.loads((run / "eval" / "test" / "meta.json").read_text())  # compare reads the speed from here
     assert meta["images_per_second"] > 0 and meta["step"] == rep["checkpoint"]["step"]
+    # The model card: rewritten by each evaluation, from the run's files
+    card = (run / "MODEL_CARD.md").read_text()
+    facts = json.loads((run / "eval" / "val" / "meta.json").read_text())["data"]
+    assert facts["train_photos"] == N_TRAIN - 12 and facts["val_photos"] == 12
+    assert sum(facts["train_lengths"].values()) == N_TRAIN - 12
+    for section in ("## Intended use", "## Model", "## Data", "## Refusal threshold", "## Metrics",
+                    "## Accuracy by length", "## Known limits"):
+        assert section in card, section
+    assert f"{N_TRAIN - 12} training photos, 12 validation photos" in card
+    assert f"**{saved['threshold']:.4f}**" in card if saved["threshold"] is not None else "none" in card
+    assert "| val | 12 |" in card and f"| test | {N_TEST} |" in card and "chosen on validation" in card
+    assert f"Trained on {N_TRAIN - 12} photos" in card and "preset: `tiny`" in card
+    assert not list(run.glob(".MODEL_CARD.md.*"))   # written atomically: no temporary file left
 
 
 def test_predict_rows_match_the_cache_and_predict_on_the_full_photo(tiny_run):
@@ -124,35 +137,70 @@ def test_predict_command_accepts_or_refers_and_writes_csv(tiny_run, capsys, tmp_
     try:
         _set_threshold(run, -1e9)  # accept everything
         assert main(["predict", str(photo), "--box", box, "--run", str(run)]) == 0
-        line = capsys.readouterr().out.strip()
-        assert line.startswith(f"{photo}: ") and "confidence" in line and "refer" not in line
+        (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
+        assert row["file"] == str(photo) and row["decision"] == "accepted" and row["reason"] == ""
+        assert row["box_source"] == "given (--box)"
         _set_threshold(run, 0.0)  # log P < 0 always: refer everything
         assert main(["predict", str(photo), "--box", box, "--run", str(run)]) == 0
-        assert "refer to a human" in capsys.readouterr().out
+        (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
+        assert row["decision"] == "referred" and row["reason"].startswith("confidence below threshold")
         # A folder: every image, CSV out; an unreadable file is reported, not skipped silently.
         folder = tmp_path / "photos"
         shutil.copytree(root / "svhn" / "test", folder)
         (folder / "broken.png").write_bytes(b"not a png")
-        assert main(["predict", str(folder), "--run", str(run), "--csv", str(tmp_path / "out.csv")]) == 1
+        assert main(["predict", str(folder), "--run", str(run), "--boxes", str(folder / "digitStruct.mat"),
+                     "--out", str(tmp_path / "out.csv")]) == 1
         err = capsys.readouterr().err
         assert "broken.png" in err and "1 unreadable" in err
         with open(tmp_path / "out.csv") as f:
             table = list(csv.DictReader(f))
         assert len(table) == N_TEST + 1
         assert table[0]["file"].endswith("/" + records[N_TRAIN].file)  # natural order: 61.png before 62.png
-        assert {r["decision"] for r in table} == {"refer", "unreadable"}
-        assert all(r["transcription"] == "" for r in table)
-        assert all(0 < float(r["confidence"]) < 1 and math.isclose(math.log(float(r["confidence"])),
-                                                                    float(r["log_confidence"]), abs_tol=1e-3)
-                   for r in table if r["decision"] == "refer")
+        assert {r["decision"] for r in table} == {"referred", "unreadable"}
+        referred = [r for r in table if r["decision"] == "referred"]
+        assert all(r["transcription"] == "" or r["transcription"].isdigit() for r in referred)
+        assert all(0 < float(r["p"]) < 1 and math.isclose(math.log(float(r["p"])), float(r["log_p"]), abs_tol=1e-3)
+                   for r in referred)
+        # the best guesses are the model's, exactly as evaluate reads the same crops
+        by_file = {Path(r["file"]).name: r for r in referred}
+        for rec in records[N_TRAIN:N_TRAIN + 3]:
+            got, _ = predict([folder / rec.file], run, box=crops.number_box(rec.boxes))
+            assert by_file[rec.file]["transcription"] == got[0]["pred"]
     finally:
         (run / "threshold.json").write_text(json.dumps(original))
 
 
-def test_predict_without_threshold_says_what_to_do(tmp_path, capsys):
-    assert main(["predict", str(tmp_path / "x.png"), "--run", str(tmp_path)]) == 1
+def test_predict_without_threshold_says_what_to_do(tiny_run, tmp_path, capsys):
+    run, root, records = tiny_run
+    bare = tmp_path / "run"
+    bare.mkdir()
+    shutil.copy(run / "ckpt-best.pt", bare / "ckpt-best.pt")
+    photo = root / "svhn" / "test" / records[N_TRAIN].file
+    assert main(["predict", str(photo), "--run", str(bare)]) == 1
     err = capsys.readouterr().err
     assert "threshold.json: no refusal threshold yet" in err and "--split val" in err
+
+
+def test_predict_missing_photo_or_run_names_what_is_missing(tiny_run, tmp_path, capsys):
+    run, root, records = tiny_run
+    # a missing photo and no run: the photo is what is missing (the run is never looked at)
+    assert main(["predict", str(tmp_path / "x.png"), "--run", str(tmp_path / "nowhere")]) == 1
+    captured = capsys.readouterr()
+    assert f"unreadable: {tmp_path / 'x.png'}: no such file" in captured.err and "threshold" not in captured.err
+    assert "Traceback" not in captured.err
+    photo = root / "svhn" / "test" / records[N_TRAIN].file
+    # a missing run folder: which folder, and the command that makes one
+    assert main(["predict", str(photo), "--run", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"transcribe predict: {tmp_path / 'nowhere'}: no such run folder; `transcribe train --out "
+                   f"{tmp_path / 'nowhere'}` (or `make train RUN={tmp_path / 'nowhere'}`) makes one, or give "
+                   f"--run RUN / --model MODEL.onnx")
+    # a folder without the checkpoint
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(photo), "--run", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty' / 'ckpt-best.pt'}: missing; `transcribe train --out" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_ablation_trains_each_widening_on_the_same_photos(tiny_run, tmp_path):

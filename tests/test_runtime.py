@@ -1,6 +1,7 @@
 """runtime.py: the torch-free reader gives the torch path's answers, imports no torch, and answers
 every kind of photo in one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_predict_with_the_model_imports_no_torch(tiny_whole_run):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "rc 0"
-    assert done.stdout.startswith(str(photos / records[0].file) + ": ")
+    assert done.stdout.splitlines()[1].startswith(str(photos / records[0].file) + ",")
 
 
 def _bad_inputs(folder, photos, records):
@@ -100,19 +101,18 @@ def test_every_kind_of_photo_gets_one_clear_answer(tiny_whole_run, tmp_path, cap
     kinds = _bad_inputs(tmp_path / "kinds", photos, records)
     monkeypatch.setattr(localize, "MAX_PIXELS", 600_000)  # a 0.6 MP limit: huge.png is 0.8 MP
     paths = [str(tmp_path / "kinds" / name) for name in kinds]
-    assert main(["predict", "--model", str(out), *paths]) == 1   # 1: some were unreadable
+    assert main(["predict", "--model", str(out), *paths, "--format", "jsonl"]) == 1   # 1: some were unreadable
     captured = capsys.readouterr()
-    lines = captured.out.splitlines()
-    assert "Traceback" not in captured.err and len(lines) == len(kinds)
-    for path, line in zip(paths, lines):
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert "Traceback" not in captured.err and len(records) == len(kinds)
+    for path, rec in zip(paths, records):
         name = os.path.basename(path)
-        assert line.startswith(path + ": ")
-        answer = line[len(path) + 2:]
-        if kinds[name] is None:
-            assert (answer.startswith(("refer to a human", "no number  (confidence"))
-                    or answer.split()[0].isdigit()), line
+        assert rec["file"] == path
+        if kinds[name] is None:   # a reading: a number, no number (''), or '>5', accepted or referred
+            assert rec["decision"] in ("accepted", "referred") and rec["log_p"] <= 1e-6
+            assert rec["transcription"] in ("", ">5") or rec["transcription"].isdigit()
         else:
-            assert answer == "unreadable"
+            assert rec["decision"] == "unreadable" and kinds[name] in rec["reason"]
             assert any(e.startswith(f"unreadable: {path}: ") and kinds[name] in e for e in captured.err.splitlines())
 
 
@@ -130,9 +130,14 @@ def test_rotated_photo_reads_as_upright(tiny_whole_run, tmp_path):
 
 
 def test_runtime_says_what_is_missing(tmp_path, capsys):
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["predict", "--model", str(tmp_path / "model.onnx"), str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "model.onnx: no such model file" in err and "transcribe export" in err and "Traceback" not in err
+    # a missing photo is reported as missing before the model is looked for
+    assert main(["predict", "--model", str(tmp_path / "model.onnx"), str(tmp_path / "y.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"unreadable: {tmp_path / 'y.png'}: no such file" in err and "model.onnx" not in err
 
 
 def test_runtime_says_when_the_model_is_not_onnx(tiny_whole_run, tmp_path, capsys):

@@ -80,7 +80,15 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
         texts = [r.text for r in ctc.decode(model(batch))]
     assert texts[0] == "19"  # 1.png
     # `transcribe predict` reads with the shipped model and its out-of-fold threshold
-    csv_out = tmp_path / "answers.csv"
+    jsonl_out = tmp_path / "answers.jsonl"
     assert cli.main(["predict", str(folder / "1.png"), "--box", "246,77,173,223", "--run", str(out),
-                     "--csv", str(csv_out)]) == 0
-    assert csv_out.read_text().splitlines()[1].split(",")[3] != ""  # a log P(S|X) for the photo
+                     "--format", "jsonl", "--out", str(jsonl_out), "--top-k", "3"]) == 0
+    (answer,) = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
+    assert answer["log_p"] <= 0 and answer["decision"] in ("accepted", "referred")
+    # CTC alternatives: the beam's survivors rescored exactly, the first is the transcription
+    assert answer["alternatives"][0] == {"transcription": answer["transcription"], "log_p": answer["log_p"]}
+    assert [a["log_p"] for a in answer["alternatives"]] == sorted((a["log_p"] for a in answer["alternatives"]), reverse=True)
+    # the model card of the transfer run
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "# Model card: run" in card and "12 photos" in card and "3-fold cross-validation" in card
+    assert "| cv | 12 |" in card and "## Known limits" in card

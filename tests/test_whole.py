@@ -45,4 +45,5 @@ def test_predict_without_box_finds_the_number(tiny_whole_run, capsys):
     assert problems == [] and found[0]["source"] in ("detection", "merge", "photo", "prior")
     assert given[0]["box"] == pytest.approx(list(crops.widen(crops.number_box(records[0].boxes), 1.3)), abs=0.01)
     assert main(["predict", str(photos / records[0].file), "--run", str(run)]) == 0
-    assert capsys.readouterr().out.startswith(str(photos / records[0].file) + ": ")
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(str(photos / records[0].file) + ",") and ",localized (" in out[1]

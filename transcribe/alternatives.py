@@ -17,7 +17,8 @@ N = 5).
 
 The '>N' length class is one more candidate with text '>N' (nothing can be spelled); the blank
 head's sequences (digits, then a blank at position n, or N digits) enumerate the same way with
-log P(S_n = blank) in place of log P(L = n).
+log P(S_n = blank) in place of log P(L = n). (That head's own decoding is greedy, argmax per
+position, so its transcription can be less probable than the first alternative listed here.)
 
 numpy only: the torch-free runtime (runtime.py) uses this module as it is.
 """
