@@ -111,7 +111,16 @@ def _limits(run: Path, facts: dict | None, reports: dict[str, dict], threshold: 
             elif cell["accuracy"] < overall - WEAK_LENGTH:
                 out.append(f"{k}-digit numbers are read worse: {pct(cell['accuracy'])} on {cell['n']} {where} "
                            f"photos (all lengths: {pct(overall)}).")
+    for k, count in sorted(((facts or {}).get("train_lengths") or {}).items()):
+        if count < FEW_PHOTOS:
+            out.append(f"{k}-digit numbers: only {count} training photos; the model has barely seen them.")
     out.append(f"Reads at most {MAX_DIGITS} digits; a longer number is refused ('>{MAX_DIGITS}') and referred.")
+    target = (threshold or {}).get("target", TARGET)
+    for name, rep in reports.items():
+        th = rep.get("threshold") or {}
+        if th.get("source") != "chosen on this split" and th.get("accuracy") is not None and th["accuracy"] < target:
+            out.append(f"On {name} the photos accepted with the validation threshold were {pct(th['accuracy'])} "
+                       f"accurate, under the {pct(target)} target: the threshold does not carry over exactly.")
     if kind == "transfer":
         out.append("Reads a crop around the number's box; `transcribe predict` without a box reads the whole "
                    "photo as the number (no search): give boxes (--box, --boxes) for whole street photos.")
@@ -173,7 +182,7 @@ def write_card(run: str | Path, parameters: int | None = None) -> Path:
     cfg = _read(run / "config.json") or {}
     facts = (_read(run / "eval" / "val" / "meta.json") or {}).get("data")
     train, model_cfg, data_cfg = cfg.get("train", {}), cfg.get("model", {}), cfg.get("data", {})
-    folders = (facts or {}).get("folders") or list(data_cfg.get("train", []))
+    folders = list(data_cfg.get("train", [])) or (facts or {}).get("folders") or []  # as the user named them
     model = [f"- preset: `{train.get('preset', '–')}`, head: {model_cfg.get('head', '–')} "
              f"(length softmax over 0..{MAX_DIGITS}, >{MAX_DIGITS} and {MAX_DIGITS} digit softmaxes; "
              f"confidence log P(S|X))",
