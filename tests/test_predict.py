@@ -130,3 +130,15 @@ def test_unusable_box_in_the_boxes_file_makes_that_photo_unreadable(tiny_whole_r
     assert main(["predict", str(photos / records[0].file), "--run", str(run), "--boxes", str(table)]) == 1
     (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
     assert row["decision"] == "unreadable" and "is not a box" in row["reason"]
+
+
+def test_device_cuda_where_it_cannot_be_used_is_one_line(tiny_whole_run, capsys):
+    import torch
+    run, out, photos, records = tiny_whole_run
+    photo = str(photos / records[0].file)
+    assert main(["predict", photo, "--model", str(out / "model.onnx"), "--device", "cuda"]) == 1
+    assert capsys.readouterr().err.strip() == ("transcribe predict: --device cuda: the ONNX runtime path reads on "
+                                               "the CPU (onnxruntime); use --run")
+    if not torch.cuda.is_available():
+        assert main(["predict", photo, "--run", str(run), "--device", "cuda"]) == 1
+        assert capsys.readouterr().err.strip() == "transcribe predict: --device cuda: no CUDA device is available"
