@@ -103,3 +103,13 @@ def test_ctc_decode_is_the_first_of_decode_top_k():
     tops = ctc.decode_top_k(lp, 3)
     assert [t[0] for t in tops] == best
     assert all(len(t) <= 3 and all(a.logp >= b.logp for a, b in zip(t, t[1:])) for t in tops)
+
+
+def test_ctc_top_k_lists_no_impossible_labelling():
+    """In 2 frames "00" and "11" need 3 (a blank between the repeats): they are no alternatives."""
+    p = np.array([[0.5, 0.2, 0.3], [0.1, 0.3, 0.6]])
+    lp = torch.log(torch.from_numpy(p)).float()[None]
+    got = ctc.decode_top_k(lp, 20, beam=64, max_len=3)[0]
+    assert sorted(r.text for r in got) == ["", "0", "01", "1", "10"]
+    assert all(np.isfinite(r.logp) for r in got)
+    assert np.exp([r.logp for r in got]).sum() == pytest.approx(1.0, abs=1e-6)

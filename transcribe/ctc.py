@@ -123,5 +123,7 @@ def decode_top_k(log_probs: torch.Tensor, k: int, beam: int = BEAM, max_len: int
     per_item: list[list[Reading]] = [[] for _ in candidates]
     for i, text, s in zip(owner, texts, scores):
         per_item[i].append(Reading(text, float(s)))
-    # sorted() is stable: among equal scores the search's order decides, as decode() always did
-    return [sorted(readings, key=lambda r: -r.logp)[:k] for readings in per_item]
+    # sorted() is stable: among equal scores the search's order decides, as decode() always did.
+    # A candidate no frame path can produce (log P = -inf, e.g. "11" in two frames) is no alternative.
+    ranked = [sorted(readings, key=lambda r: -r.logp) for readings in per_item]
+    return [([r for r in rs if np.isfinite(r.logp)] or rs)[:k] for rs in ranked]
