@@ -201,6 +201,11 @@ def test_predict_missing_photo_or_run_names_what_is_missing(tiny_run, tmp_path, 
     err = capsys.readouterr().err
     assert f"{tmp_path / 'empty' / 'ckpt-best.pt'}: missing; `transcribe train --out" in err
     assert len(err.strip().splitlines()) == 1
+    # a transfer run without its threshold
+    (tmp_path / "empty" / "model.pt").write_bytes(b"")
+    assert main(["predict", str(photo), "--run", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty' / 'threshold.json'}: missing; `transcribe transfer --folds 5 --out" in err
 
 
 def test_ablation_trains_each_widening_on_the_same_photos(tiny_run, tmp_path):

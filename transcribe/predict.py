@@ -195,6 +195,9 @@ def check_run(run: Path) -> str:
         raise FileNotFoundError(f"{run}: no such run folder; `transcribe train --out {run}` (or `make train "
                                 f"RUN={run}`) makes one, or give --run RUN / --model MODEL.onnx")
     if (run / transfer.CHECKPOINT).is_file():
+        if not (run / runs.THRESHOLD_FILE).is_file():
+            raise FileNotFoundError(f"{run / runs.THRESHOLD_FILE}: missing; `transcribe transfer --folds 5 --out {run}` "
+                                    f"writes it (chosen on the out-of-fold predictions)")
         return "transfer"
     best = run / "ckpt-best.pt"
     if not best.is_file():
