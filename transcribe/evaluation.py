@@ -155,11 +155,14 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     rep["checkpoint"] = {"name": checkpoint, "step": ckpt.get("step")}
     save_json(rep, out / "report.json")
     title = f"{run.name}: {name}"
-    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title))
     plots = report.write_plots(rows, rep, out, title=title)
     report.write_pr_curve(rows, out / "tb", tag=f"accept/{name}", step=int(ckpt.get("step") or 0))
+    th = rep["threshold"]
     gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out),
-                                   plots=plots)
+                                   plots=plots, threshold={"value": th["value"], "target": target,
+                                                           "source": th["source"]})
+    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
+                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
     say(headline(rep, name))
     say(f"report: {out / 'report.md'}")
     say(f"gallery: {gallery['gallery']}")
