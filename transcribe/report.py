@@ -200,8 +200,8 @@ def markdown_links(plots: Sequence[Path], gallery: Path | None = None, sheet: Pa
                      f"filters by length and kind of error (open the file in a browser)")
     if sheet is not None:
         lines.append(f"- [contact sheet of the most confident mistakes]({Path(sheet).name})")
-    lines.append("")
-    lines += [f"![{captions.get(Path(p).stem, Path(p).stem)}]({Path(p).name})" for p in plots]
+    for p in plots:  # one paragraph each: images side by side would not fit
+        lines += ["", f"![{captions.get(Path(p).stem, Path(p).stem)}]({Path(p).name})"]
     return "\n".join(lines) + "\n"
 
 
