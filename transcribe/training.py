@@ -179,7 +179,7 @@ def loss_and_accuracy(model, images, lengths, digits, crop: int, head: str, auto
             if worst:
                 bad = (~s).nonzero().flatten().tolist()
                 texts = sequence.to_texts(dec.lengths[bad], dec.digits[bad])
-                wrong += [(float(dec.logp[i]), start + i, text) for i, text in zip(bad, texts)]
+                wrong += zip(dec.logp[bad].tolist(), [start + i for i in bad], texts)  # one transfer, not one per photo
     model.train(was_training)
     out = {"loss": loss_sum / max(1, n), "seq_acc": seq / max(1, n), "char_acc": chars / max(1, total_chars)}
     if worst:
