@@ -74,7 +74,7 @@ evaluate: setup ## threshold for 98% chosen on validation, applied to test: cove
 	if [ -d $(DATA)/test ]; then $(TR) evaluate $(RUN) --split $(DATA)/test; fi
 
 gallery: setup ## most confident mistakes on the training photos (where the chapter found tight crops)
-	$(TR) evaluate $(RUN) --split $(DATA)/train
+	$(TR) evaluate $(RUN) --split train
 
 # ---------------------------------------------------------------- the real sample (2,000 photos)
 # The best recipe measured on real photos: the PP-OCRv6 small recognizer (inside the rapidocr

@@ -104,6 +104,25 @@ def test_evaluate_val_then_test_reuses_the_validation_threshold(tiny_run, capsys
     assert not list(run.glob(".MODEL_CARD.md.*"))   # written atomically: no temporary file left
 
 
+def test_evaluate_train_is_the_training_part_only(tiny_run, capsys):
+    """--split train: the 48 photos the run trained on, none of its 12 validation photos (make gallery)."""
+    run, root, records = tiny_run
+    if read_threshold(run) is None:
+        evaluate(run, "val", gallery_n=2)
+    assert main(["evaluate", str(run), "--split", "train"]) == 0
+    capsys.readouterr()
+    train = {r["file"] for r in read_predictions(run / "eval" / "train" / "predictions.jsonl")}
+    val = {r["file"] for r in read_predictions(run / "eval" / "val" / "predictions.jsonl")}
+    assert len(train) == N_TRAIN - 12 and not train & val and train | val == {r.file for r in records[:N_TRAIN]}
+    rep = json.loads((run / "eval" / "train" / "report.json").read_text())
+    assert rep["threshold"]["source"] == "chosen on validation"
+    # report.md links its plots and the gallery, which marks the validation threshold
+    md = (run / "eval" / "train" / "report.md").read_text()
+    assert "](gallery.html)" in md and "](reliability.png)" in md and "](accuracy_coverage.png)" in md
+    page = (run / "eval" / "train" / "gallery.html").read_text()
+    assert "chosen on validation" in page and 'data-decision="' in page
+
+
 def test_predict_rows_match_the_cache_and_predict_on_the_full_photo(tiny_run):
     """A full photo + its number box through `predict` gives exactly the cache row's prediction."""
     from transcribe.runs import load_run

@@ -116,10 +116,25 @@ def test_schedules_give_known_lr():
         TrainConfig(eval_every=0)
 
 
-def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
+def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path, capsys):
     out = tmp_path / "run"
     model_cfg, data_cfg, cfg = configs(tiny_cache, out)
     assert training.train(model_cfg, data_cfg, cfg) == out
+    # the banner before the first evaluation, the summary after the last
+    printed = capsys.readouterr().out
+    start, first_eval, end = printed.index(f"run {out}: new"), printed.index("step      0/6"), printed.index("stopped at step 6")
+    assert start < first_eval < end
+    head = printed[start:first_eval]
+    n_params = sum(p.numel() for p in training.modellib.build_model(model_cfg).parameters())
+    for part in ("machine", "cpu, 1 thread, float32 (--amp auto)", f"preset tiny, head sequence, {n_params:,} parameters",
+                 "48 training, 16 validation (all scored", "6 steps of 16 (2.0 epochs); sgd, lr 0.05 linear to 0.005",
+                 "evaluation every 3 steps"):
+        assert part in head, (part, head)
+    tail = printed[end:]
+    assert "all 6 steps done" in tail and str(out / "ckpt-best.pt") in tail
+    assert f"transcribe evaluate {out} --split val" in tail
+    best_row = max(rows(out), key=lambda x: x["val_seq_acc"])  # the first of the best, as the checkpoint
+    assert f"{100 * best_row['val_seq_acc']:.2f}% at step {best_row['step']}" in tail
     for name in ("config.json", "metrics.jsonl", "ckpt-last.pt", "ckpt-best.pt", "commit.txt"):
         assert (out / name).is_file(), name
     stored = json.loads((out / "config.json").read_text())
@@ -165,6 +180,22 @@ def test_run_folder_metrics_checkpoints_and_instruments(tiny_cache, tmp_path):
                 "off_fraction/features.1"):
         assert tag in scalars, (tag, scalars)
     assert "grad/features.0.conv.weight" in hists and "activation/pre/features.0.conv" in hists
+    # the frozen config as text; the worst validation mistakes as images (and their table) at each evaluation
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    texts = {e.step: e for e in ea.Tensors("config/text_summary")}
+    assert json.loads(texts[0].tensor_proto.string_val[0].decode().replace("\n    ", "\n"))["train"]["steps"] == 6
+    wrong = [x for x in rows(out) if x["val_seq_acc"] < 1]
+    assert [e.step for e in ea.Images("val/worst_mistakes")] == [x["step"] for x in wrong]
+    assert "| # | truth | read | model's confidence |" in \
+        ea.Tensors("val/worst_mistakes/text_summary")[0].tensor_proto.string_val[0].decode()
+    # hparams: the settings with the final metrics, in the run's own tb/ folder
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    hp = ea.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["train.lr"].number_value == 0.05 and session.hparams["model.head"].string_value == "sequence"
+    best = [e.value for e in ea.Scalars("hparam/best_val_seq_acc")]
+    assert best == [pytest.approx(max(x["val_seq_acc"] for x in rows(out)))]
 
 
 KILLER = textwrap.dedent("""
@@ -229,7 +260,18 @@ def dataclass_replace(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-def test_early_stopping_after_patience_evaluations(tiny_cache, tmp_path):
+def test_summary_says_why_the_run_stopped_and_what_to_run_next():
+    cfg = TrainConfig(steps=3000, max_seconds=600, eval_limit=1000)
+    state = {**training.FRESH_STATE, "best": 0.926, "best_step": 948, "elapsed": 607.7,
+             "stopped": "wall-clock budget of 600 s spent"}
+    text = training.summary(Path("runs/demo"), cfg, state, 948)
+    assert text.startswith("run runs/demo: stopped at step 948 after 607.7 s: wall-clock budget of 600 s spent")
+    assert "92.60% at step 948 (the first 1,000 photos)" in text
+    assert "transcribe evaluate runs/demo --split val" in text and "tensorboard --logdir runs/demo/tb" in text
+    assert "none yet" in training.summary(Path("r"), cfg, training.FRESH_STATE, 0)
+
+
+def test_early_stopping_after_patience_evaluations(tiny_cache, tmp_path, capsys):
     patience = 2
     # lr 0: nothing improves except by chance (batch-norm statistics still move)
     model_cfg, data_cfg, cfg = configs(tiny_cache, tmp_path / "es", steps=40, eval_every=1, lr=0.0,
@@ -247,7 +289,9 @@ def test_early_stopping_after_patience_evaluations(tiny_cache, tmp_path):
     assert r[-1]["step"] == stop
     ckpt = torch.load(tmp_path / "es" / "ckpt-last.pt", weights_only=True)
     assert ckpt["state"]["stopped"] and ckpt["step"] == stop
+    assert f"es: stopped at step {stop} after" in capsys.readouterr().out
     training.train(model_cfg, data_cfg, cfg)  # resuming a stopped run does nothing more
+    assert f"no better validation sequence accuracy in {patience} evaluations" in capsys.readouterr().out
     assert rows(tmp_path / "es")[-1]["step"] == stop
 
 

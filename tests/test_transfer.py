@@ -49,7 +49,7 @@ def test_fold_summary_reports_mean_and_spread():
 
 
 @pytest.mark.slow
-def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path):
+def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path, capsys):
     pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
     pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
     from transcribe import cli, predictions, svhn
@@ -65,6 +65,10 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
                      "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    said = capsys.readouterr().err  # what it runs on at the start, the next commands at the end
+    assert "1 threads, float32" in said and "trainable parameters (the stem frozen)" in said
+    assert f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}" in said
+    assert said.rstrip().endswith(f"next: transcribe predict PHOTO.png --box L,T,W,H --run {out}")
     rows = predictions.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
     assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(12))  # each photo once
     assert {r["fold"] for r in rows} == {0, 1, 2}

@@ -147,7 +147,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=pathlib.Path, help="run folder (holds config.json, ckpt-best.pt, ckpt-last.pt)")
     parser.add_argument("--split", default="val",
                         help="val (the run's validation split: chooses the refusal threshold), test (the "
-                             "'test' folder beside the run's first training folder) or PATH (a format-1 "
+                             "'test' folder beside the run's first training folder), train (the photos the "
+                             "run trained on, without its validation split) or PATH (a format-1 "
                              "folder or .h5 cache); default: val")
     parser.add_argument("--target", type=float, default=C.TARGET,
                         help=f"accuracy the accepted transcriptions must reach (default: {C.TARGET}, human level)")

@@ -36,7 +36,7 @@ TARGET = 0.98
 CHECKPOINTS = ("best", "last")  # RUN/ckpt-<name>.pt, the --checkpoint choices
 EXPORT_FORMATS = ("onnx", "torchscript")  # `transcribe export --format`
 DEFAULT_RUN = "runs/svhn"       # the Makefile's RUN: where `transcribe predict` looks by default
-GALLERY_N = 50                  # photos per gallery section
+GALLERY_N = 200                 # photos per gallery section at most (4 pages of 50; a page holds them all)
 # `transcribe data`
 SVHN_SPLITS = ("train", "test", "extra")  # the official format-1 archives
 DEFAULT_SVHN_ROOT = "data/svhn"

@@ -1,6 +1,6 @@
 """Evaluation: run a model over a split, write its predictions once, then score and look at them.
 
-    transcribe evaluate RUN --split val|test|PATH
+    transcribe evaluate RUN --split val|test|train|PATH
 
 Inference (`predict_images`, `predict_rows`) is kept apart from scoring (metrics.py) and
 looking (report.py): `transcribe evaluate` writes RUN/eval/<split>/predictions.jsonl
@@ -83,20 +83,26 @@ def predict_rows(model, cache, indices: Sequence[int] | None = None, batch_size:
 
 def _split_name(split: str) -> str:
     """Folder name under RUN/eval for a split: val, test, or a cleaned-up name of the path."""
-    if split in ("val", "test"):
+    if split in SPLITS:
         return split
     p = Path(split)
     name = p.stem if p.suffix == ".h5" else p.name
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "data"
 
 
-def split_cache(split: str, data_cfg):
-    """The dataset.Cache to evaluate: the run's own validation split, its sibling test folder, or PATH.
+SPLITS = ("train", "val", "test")  # the words --split knows; anything else is a path
 
+
+def split_cache(split: str, data_cfg):
+    """The dataset.Cache to evaluate: the run's own training or validation part of its training
+    folders (the same seeded split training made), its sibling test folder, or PATH.
+
+    `train` is the photos the run trained on and nothing else: a gallery of training mistakes
+    (book sec. 11.5) must not mix in the validation photos carved out of the same folders.
     Every cache is built with the run's crop parameters (widen, size), as in training.
     """
-    if split == "val":
-        return dataset.load_splits(data_cfg)[1]
+    if split in ("train", "val"):
+        return dataset.load_splits(data_cfg)[0 if split == "train" else 1]
     if split == "test":
         first = Path(data_cfg.train[0])
         if first.suffix == ".h5":
@@ -165,11 +171,14 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     rep["checkpoint"] = {"name": checkpoint, "step": ckpt.get("step")}
     save_json(rep, out / "report.json")
     title = f"{run.name}: {name}"
-    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title))
     plots = report.write_plots(rows, rep, out, title=title)
     report.write_pr_curve(rows, out / "tb", tag=f"accept/{name}", step=int(ckpt.get("step") or 0))
+    th = rep["threshold"]
     gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out),
-                                   plots=plots)
+                                   plots=plots, threshold={"value": th["value"], "target": target,
+                                                           "source": th["source"]})
+    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
+                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
     model_card = card.write_card(run, sum(p.numel() for p in model.parameters()))
     say(headline(rep, name))
     say(f"report: {out / 'report.md'}")

@@ -6,40 +6,46 @@ confident mistakes is how the Street View team found that crops were too tight (
 So the gallery works on any predictions file (validation, test, training, an OCR baseline).
 
 The gallery is one self-contained HTML page: every image is embedded as a base64 data URI,
-so the page opens from disk and still works when moved or mailed. Every string put into the
-page is HTML-escaped (file names and truths come from files we do not control).
+so the page opens from disk and still works when moved or mailed. Its markup is a Jinja2
+template (templates/gallery.html, with gallery.css and gallery.js inlined) with autoescaping
+on: every string put into the page is HTML-escaped (file names and truths come from files we
+do not control). It shows the decision: every card is marked accepted or referred by the
+refusal threshold (a run's, chosen on validation), a line falls where the threshold does in
+each sorted section, the header gives the coverage at the target accuracy, and the cards can
+be filtered by length and kind of error and paged, GALLERY_PAGE at a time.
 
 pyplot is imported on the first plot (`_pyplot`), after selecting the file-only Agg backend:
 selecting it at import time would change matplotlib's state for whoever imports this module.
 
-Size: about 460 lines: the plots and the gallery are two views of one predictions file.
+Size: about 500 lines: the plots and the gallery are two views of one predictions file.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import math
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
+import jinja2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.tensorboard import SummaryWriter
 
 from transcribe import crops, metrics, svhn
-from transcribe.config import BLANK, CACHE_SIZE, GALLERY_N
+from transcribe.config import BLANK, CACHE_SIZE, GALLERY_N, TARGET
 from transcribe.predictions import read_predictions
-from transcribe.runs import atomic_write, save_figure
+from transcribe.runs import THRESHOLD_FILE, atomic_write, read_threshold, save_figure
 
 PHOTO_HEIGHT = 160      # px, the full photo's thumbnail height (width follows, capped below)
 PHOTO_MAX_WIDTH = 320   # px (the page shows it at most 128 px high: a little headroom stays sharp)
 SHEET_COLUMNS = 10      # contact sheet layout
 SHEET_TILE = 96         # px, a 64x64 crop upscaled for the contact sheet
+GALLERY_PAGE = 50       # cards per page of a gallery section (the page holds all of them; gallery.js pages)
 
 
 # ---------------------------------------------------------------- plots
@@ -146,9 +152,12 @@ def plot_reliability(rep: dict[str, Any], path: Path, title: str = "") -> Path:
            color="C0", alpha=0.7, edgecolor="k", lw=0.5, label="accuracy in bin")
     ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C3", ms=4,
             label="(mean confidence, accuracy)")
+    for b in bins:  # photos per bin: a bar of 3 photos says little
+        ax.annotate(f"{b['count']}", (b["lo"] + width / 2, b["accuracy"]), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, color="0.2")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("exp(confidence) = P(S|X)")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("exp(confidence) = P(S|X)   (number on a bar: photos in it)")
     ax.set_ylabel("fraction correct")
     ax.legend(fontsize=8, loc="upper left")
     return _save(plt, fig, ax, path, title or f"reliability, ECE {metrics.num(rep['calibration']['ece'])}")
@@ -178,6 +187,24 @@ def write_plots(rows: Sequence[dict], rep: dict[str, Any], out_dir: Path, title:
     return [p for p in paths if p is not None]
 
 
+def markdown_links(plots: Sequence[Path], gallery: Path | None = None, sheet: Path | None = None) -> str:
+    """The end of report.md: its plots as images and the gallery, linked relative to report.md
+    (all live in the same folder, so the links survive moving it)."""
+    captions = {"accuracy_coverage": "accuracy against coverage, with the refusal threshold",
+                "principled_vs_adhoc": "model's confidence vs the ad-hoc per-digit score",
+                "confidence_hist": "confidence of right and wrong readings",
+                "reliability": "reliability (photos per bin on the bars)"}
+    lines = ["", "## Plots and gallery", ""]
+    if gallery is not None:
+        lines.append(f"- [the gallery]({Path(gallery).name}): every card marked accepted or referred, "
+                     f"filters by length and kind of error (open the file in a browser)")
+    if sheet is not None:
+        lines.append(f"- [contact sheet of the most confident mistakes]({Path(sheet).name})")
+    for p in plots:  # one paragraph each: images side by side would not fit
+        lines += ["", f"![{captions.get(Path(p).stem, Path(p).stem)}]({Path(p).name})"]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- gallery
 
 def data_uri(image, fmt: str = "PNG") -> str:
@@ -194,6 +221,7 @@ class Photos:
     def __init__(self) -> None:
         self.cache: dict[str, Any] = {}
         self.problems: dict[str, str] = {}
+        self.uris: dict[int, tuple[str | None, str | None]] = {}  # id(row) -> (photo, crop) data URIs
 
     def get(self, path: str | None):
         if not path:
@@ -249,119 +277,149 @@ def _length_label(i: int) -> str:
     return ">5" if i == 6 else str(i)  # Goodfellow et al. 2014, sec. 3: L in {0, ..., 5, more than 5}
 
 
-def _prob_cell(text: str, p: float, cls: str = "") -> str:
-    # Cell shade = probability, so a confident head reads dark at a glance.
-    alpha = max(0.0, min(1.0, float(p)))
-    cls = f' class="{cls}"' if cls else ""
-    return (f'<td{cls} style="background:rgba(33,102,172,{alpha:.2f});color:{"#fff" if alpha > 0.55 else "#111"}"'
-            f' title="{html.escape(f"{text}: {p:.4f}")}">{html.escape(text)}<br><small>{p:.2f}</small></td>')
-
-
-def _probabilities_html(row: dict) -> str:
-    """Length probabilities and the top digit (with its probability) at each position; '' if absent."""
-    length_probs = row.get("length_probs")
-    digit_probs = row.get("digit_probs")
-    parts = []
+def _probability_cells(row: dict) -> tuple[list, list]:
+    """(length cells, digit cells) as (text, probability, css class); [] where the row has none
+    (OCR baselines write null). The top length is outlined; positions past the reading fade."""
+    length_probs, digit_probs = row.get("length_probs") or [], row.get("digit_probs") or []
+    length_cells, digit_cells = [], []
     if length_probs:
         top = max(range(len(length_probs)), key=lambda i: length_probs[i])
-        cells = "".join(_prob_cell(_length_label(i), p, "pick" if i == top else "") for i, p in enumerate(length_probs))
-        parts.append(f'<tr><th title="P(length)">len</th>{cells}</tr>')
-    if digit_probs:
-        read = len(str(row.get("pred", "")))
-        cells = []
-        for position, probs in enumerate(digit_probs):  # positions past the reading are faded
-            k = max(range(len(probs)), key=lambda i: probs[i])
-            cells.append(_prob_cell("·" if k == BLANK else str(k), probs[k], "" if position < read else "past"))
-        parts.append(f'<tr><th title="top digit per position">digit</th>{"".join(cells)}</tr>')
-    return f'<table class="probs">{"".join(parts)}</table>' if parts else ""
+        length_cells = [(_length_label(i), _unit(p), "pick" if i == top else "") for i, p in enumerate(length_probs)]
+    read = len(str(row.get("pred", "")))
+    for position, probs in enumerate(digit_probs):
+        k = max(range(len(probs)), key=lambda i: probs[i])
+        digit_cells.append(("·" if k == BLANK else str(k), _unit(probs[k]), "" if position < read else "past"))
+    return length_cells, digit_cells
 
 
-def _card(row: dict, photos: Photos) -> str:
-    esc = html.escape
-    truth, pred = row.get("truth"), str(row.get("pred", ""))
-    right = truth is not None and str(truth) == pred
+def _unit(p: float) -> float:
+    return max(0.0, min(1.0, float(p)))
+
+
+def error_kind(truth: str | None, pred: str) -> str:
+    """right, or the kind of mistake: missing digit (shorter reading), extra digit (longer),
+    wrong digit (same length); unlabelled without a truth. The gallery's kind filter."""
+    if truth is None:
+        return "unlabelled"
+    truth = str(truth)
+    if pred == truth:
+        return "right"
+    if len(pred) < len(truth):
+        return "missing-digit"
+    if len(pred) > len(truth):
+        return "extra-digit"
+    return "wrong-digit"
+
+
+def accepted(row: dict, threshold: float | None) -> bool:
+    """The refusal rule (evaluation.py, predict.py): accept when log P(S|X) >= threshold; no
+    threshold (none reached the target) or a '>5' reading refers the photo to a person."""
     conf = row.get("confidence")
-    photo_uri, crop_uri = _thumbnails(row, photos)
+    return (threshold is not None and conf is not None and float(conf) >= threshold
+            and str(row.get("pred", "")) != ">5")
+
+
+def _percent(logp) -> str:
+    return "–" if logp is None else f"{100 * math.exp(min(float(logp), 0.0)):.1f}%"
+
+
+def _card(row: dict, photos: Photos, threshold: float | None) -> dict:
+    """What the template shows for one photo (templates/gallery.html escapes every string)."""
+    truth, pred = row.get("truth"), str(row.get("pred", ""))
+    kind = error_kind(truth, pred)
+    key = id(row)  # a photo in two sections is drawn once
+    if key not in photos.uris:
+        photos.uris[key] = _thumbnails(row, photos)
+    photo_uri, crop_uri = photos.uris[key]
     image = str(row.get("image") or "")
-    photo_html = (f'<img class="photo" src="{photo_uri}" alt="photo {esc(str(row.get("file", "")))}" '
-                  f'title="{esc(image)}">' if photo_uri else
-                  f'<div class="missing" title="{esc(photos.problems.get(image, "no photo path"))}">'
-                  f'photo not available<br><small>{esc(image)}</small></div>')
-    crop_html = f'<img class="crop" src="{crop_uri}" alt="crop">' if crop_uri else ""
-    verdict = "unlabelled" if truth is None else ("right" if right else "wrong")
+    t = None if truth is None else str(truth)
     # In a mistake, the characters that differ from the truth at their position are marked.
-    pred_html = "".join(esc(c) if right or truth is None or (i < len(str(truth)) and str(truth)[i] == c)
-                        else f'<span class="bad">{esc(c)}</span>' for i, c in enumerate(pred))
-    if truth is not None and len(pred) < len(str(truth)):  # digits the reading left out
-        pred_html += f'<span class="bad" title="missing digits">{"_" * (len(str(truth)) - len(pred))}</span>'
-    conf_text = "–" if conf is None else f"log P = {float(conf):.3f} &nbsp; P = {100 * math.exp(min(float(conf), 0.0)):.1f}%"
-    adhoc = row.get("adhoc_confidence")
-    adhoc_text = "" if adhoc is None else f'<div class="adhoc">ad hoc: {100 * math.exp(min(float(adhoc), 0.0)):.1f}%</div>'
-    return (
-        f'<div class="card {verdict}">'
-        f'<div class="pics">{photo_html}{crop_html}</div>'
-        f'<div class="text"><div class="read"><span class="label">read</span> <b class="pred">{pred_html or "(nothing)"}</b>'
-        f' <span class="label">truth</span> <b>{esc("?" if truth is None else str(truth))}</b></div>'
-        f'<div class="conf">{conf_text}</div>{adhoc_text}'
-        f'<div class="file" title="{esc(image)}">{esc(str(row.get("file", "")))}</div></div>'
-        f'{_probabilities_html(row)}</div>'
-    )
+    pred_chars = [(c, t is not None and kind != "right" and not (i < len(t) and t[i] == c)) for i, c in enumerate(pred)]
+    length_cells, digit_cells = _probability_cells(row)
+    conf = row.get("confidence")
+    return {
+        "verdict": "unlabelled" if t is None else ("right" if kind == "right" else "wrong"),
+        "kind": kind, "kind_text": "" if kind in ("right", "unlabelled") else kind.replace("-", " "),
+        "decision": "accepted" if accepted(row, threshold) else "referred",
+        "length": len(t if t is not None else pred),
+        "photo_uri": photo_uri, "crop_uri": crop_uri, "image": image, "file": str(row.get("file", "")),
+        "problem": photos.problems.get(image, "no photo path"),
+        "pred_chars": pred_chars, "missing": max(0, len(t) - len(pred)) if t is not None else 0,
+        "truth": "?" if t is None else t,
+        "confidence": _percent(conf), "logp": "–" if conf is None else f"{float(conf):.3f}",
+        "adhoc": None if row.get("adhoc_confidence") is None else _percent(row["adhoc_confidence"]),
+        "length_cells": length_cells, "digit_cells": digit_cells,
+    }
 
 
 def select_sections(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0) -> dict[str, list[dict]]:
-    """The gallery's three lists: most confident mistakes, a random sample, least confident right answers."""
+    """The gallery's three lists, each sorted by confidence and at most n long: the mistakes
+    (most confident first), a random sample of all photos (most confident first), and the right
+    answers (least confident first)."""
     conf = metrics.confidences(rows)
     order = sorted(range(len(rows)), key=lambda i: -conf[i])  # most confident first; stable for ties
     is_right = [r.get("truth") is not None and str(r["truth"]) == str(r.get("pred", "")) for r in rows]
     is_wrong = [r.get("truth") is not None and not ok for r, ok in zip(rows, is_right)]
-    sample = random.Random(seed).sample(range(len(rows)), min(n, len(rows)))
+    sample = set(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
     return {
         "mistakes": [rows[i] for i in order if is_wrong[i]][:n],
-        "sample": [rows[i] for i in sample],
+        "sample": [rows[i] for i in order if i in sample],
         "least_confident_right": [rows[i] for i in reversed(order) if is_right[i]][:n],
     }
 
 
-_CSS = """
-body{font:14px/1.35 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;background:#f4f5f7;color:#1d1f23}
-header{background:#1d2939;color:#fff;padding:18px 28px}
-header h1{margin:0 0 6px;font-size:21px} header p{margin:2px 0;color:#cfd6e0}
-nav a{color:#9cc3ff;margin-right:16px}
-main{padding:8px 28px 40px} h2{margin:26px 0 4px;font-size:18px} p.why{margin:0 0 12px;color:#555}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
-.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12);border-top:4px solid #999}
-.card.wrong{border-top-color:#d64545} .card.right{border-top-color:#2f9e5b}
-.pics{display:flex;gap:8px;align-items:center;justify-content:space-between;min-height:128px}
-.photo{max-height:128px;max-width:calc(100% - 136px);border-radius:4px}
-.crop{width:128px;height:128px;image-rendering:pixelated;border-radius:4px;outline:1px solid #ccc}
-.missing{width:180px;height:120px;background:#eee;color:#777;font-size:12px;display:flex;flex-direction:column;
- justify-content:center;align-items:center;text-align:center;overflow:hidden;word-break:break-all}
-.text{margin-top:6px} .label{color:#888;font-size:12px} .read b{font-size:20px;letter-spacing:1px;margin-right:8px}
-.wrong .pred{color:#333} .wrong .pred .bad{color:#d32f2f;text-decoration:underline} .right .pred{color:#1b7f45}
-.conf,.adhoc{font-size:12px;color:#333} .adhoc{color:#777}
-.file{font-size:11px;color:#888;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-table.probs{border-collapse:separate;border-spacing:2px;margin-top:6px;font-size:11px}
-table.probs th{font-weight:normal;color:#888;text-align:right;padding-right:4px}
-table.probs td{width:30px;text-align:center;border-radius:3px;padding:1px 0}
-table.probs td.pick{outline:2px solid #f5a623} table.probs td.past{opacity:.35}
-.plots{display:flex;flex-wrap:wrap;gap:10px} .plots img{height:300px;background:#fff;border-radius:6px}
-.empty{color:#777;font-style:italic} .problems{color:#a33}
-"""
+SECTIONS = (  # key, heading, why, the nav bar's short name
+    ("mistakes", "Most confident mistakes",
+     "Wrong transcriptions, most confident first (book sec. 11.5). A confident mistake is often a "
+     "data problem: a crop that cuts digits off, a wrong label. Look at these on training photos too. "
+     "Those above the threshold line were accepted: these are the errors users see.", "mistakes"),
+    ("sample", "The model in action",
+     "A random sample (seed {seed}), most confident first: what the model does on ordinary photos.", "in action"),
+    ("least_confident_right", "Least confident correct answers",
+     "Right, but the model was unsure, least confident first: these are referred to a person first "
+     "as the threshold rises.", "least confident right"),
+)
 
-# Sets <body data-images="loaded/total"> once the page has loaded: the browser test reads it.
-_SCRIPT = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images', ok + '/' + imgs.length);
-});
-"""
+
+def decision_rule(rows: Sequence[dict], threshold: dict | None = None, target: float = TARGET) -> dict:
+    """{"value", "target", "source"} of the refusal threshold the gallery marks: the given one
+    (a run's, chosen on validation), else the one reaching `target` on these rows."""
+    if threshold is not None:
+        return {"value": threshold.get("value"), "target": float(threshold.get("target", target)),
+                "source": threshold.get("source") or "given"}
+    scored = metrics.labelled(rows)
+    value = (metrics.threshold_for_accuracy(metrics.confidences(scored), metrics.correctness(scored), target)
+             if scored else None)
+    return {"value": value, "target": target, "source": "chosen on these photos"}
+
+
+def _decision_text(rows: Sequence[dict], rule: dict) -> tuple[str, str]:
+    """(the header's line on the threshold and coverage, the threshold line's own words)."""
+    target, value = metrics.pct(rule["target"]), rule["value"]
+    if value is None:
+        return (f"No refusal threshold reaches {target} accuracy ({rule['source']}): every photo is "
+                f"referred to a person.", "no threshold reaches the target: every photo referred")
+    scored = metrics.labelled(rows)
+    coverage, accuracy = metrics.apply_threshold(metrics.confidences(scored), metrics.correctness(scored), value)
+    words = f"threshold: model's confidence {_percent(value)} (log P(S|X) = {value:.4f})"
+    n_accepted = sum(accepted(r, value) for r in rows)
+    return (f"Coverage at {target} accuracy: {metrics.pct(coverage)} of the photos with a truth accepted "
+            f"(accuracy there {metrics.pct(accuracy)}); {n_accepted} of {len(rows)} photos accepted, the rest "
+            f"referred to a person. Refusal {words}, {rule['source']}.", words)
+
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title: str = "transcribe gallery",
-                 source: str = "", plots: Sequence[Path] = ()) -> tuple[str, dict[str, list[dict]], dict[str, str]]:
-    """The page's HTML, the sections shown, and the photos that could not be read."""
-    esc = html.escape
+                 source: str = "", plots: Sequence[Path] = (), threshold: dict | None = None,
+                 page_size: int = GALLERY_PAGE) -> tuple[str, dict[str, list[dict]], dict[str, str]]:
+    """The page's HTML, the sections shown, and the photos that could not be read.
+
+    threshold: {"value", "target", "source"} of the refusal rule to mark on the cards (a run's,
+    chosen on validation); None: the one reaching TARGET on these rows, said so on the page."""
+    rule = decision_rule(rows, threshold)
     sections = select_sections(rows, n, seed)
     photos = Photos()
     scored = metrics.labelled(rows)
@@ -369,43 +427,25 @@ def gallery_html(rows: Sequence[dict], n: int = GALLERY_N, seed: int = 0, title:
     headline = (f"{len(rows)} photos, {len(scored)} with a truth: {n_right} read right, "
                 f"{len(scored) - n_right} wrong" + (f" ({100 * n_right / len(scored):.2f}% sequence accuracy)"
                                                     if scored else ""))
-    blocks = [
-        ("mistakes", "Most confident mistakes",
-         "Wrong transcriptions, most confident first (book sec. 11.5). A confident mistake is often a "
-         "data problem: a crop that cuts digits off, a wrong label. Look at these on training photos too."),
-        ("sample", "The model in action",
-         f"A random sample (seed {seed}): what the model does on ordinary photos."),
-        ("least_confident_right", "Least confident correct answers",
-         "Right, but the model was unsure: these are referred to a person first as the threshold rises."),
-    ]
-    body = []
-    for key, heading, why in blocks:
-        cards = "".join(_card(r, photos) for r in sections[key])
-        body.append(f'<h2 id="{key}">{esc(heading)} <small>({len(sections[key])})</small></h2>'
-                    f'<p class="why">{esc(why)}</p>'
-                    + (f'<div class="grid">{cards}</div>' if cards else '<p class="empty">none</p>'))
-    plot_html = ""
-    if plots:
-        imgs = []
-        for p in plots:
-            with Image.open(p) as im:
-                imgs.append(f'<img src="{data_uri(im.convert("RGB"))}" alt="{esc(Path(p).stem)}" title="{esc(Path(p).name)}">')
-        plot_html = f'<h2 id="plots">Plots</h2><div class="plots">{"".join(imgs)}</div>'
-    problems = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in photos.problems.items())
-    problem_html = (f'<h2>Photos that could not be read ({len(photos.problems)})</h2><ul class="problems">{problems}</ul>'
-                    if problems else "")
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{esc(title)}</title>"
-        f"<style>{_CSS}</style></head>\n<body data-images=\"pending\">"
-        f"<header><h1>{esc(title)}</h1><p>{esc(headline)}</p>"
-        + (f"<p>source: {esc(source)}</p>" if source else "")
-        + '<nav><a href="#mistakes">mistakes</a><a href="#sample">in action</a>'
-          '<a href="#least_confident_right">least confident right</a>'
-        + ('<a href="#plots">plots</a>' if plots else "") + "</nav></header>\n<main>"
-        + "\n".join(body) + plot_html + problem_html
-        + f"</main>\n<script>{_SCRIPT}</script></body></html>\n"
-    )
+    decision, line = _decision_text(rows, rule)
+    blocks = []
+    for key, heading, why, _ in SECTIONS:
+        cards = [_card(r, photos, rule["value"]) for r in sections[key]]
+        for before, card in zip(cards, cards[1:]):  # the line where the threshold falls (gallery.js redraws it)
+            card["line_before"] = before["decision"] if before["decision"] != card["decision"] else ""
+        total = {"mistakes": len(scored) - n_right, "sample": len(rows), "least_confident_right": n_right}[key]
+        counts = {"total": total, "accepted": sum(c["decision"] == "accepted" for c in cards),
+                  "referred": sum(c["decision"] == "referred" for c in cards)}
+        blocks.append((key, heading, why.format(seed=seed), cards, counts))
+    plot_uris = []
+    for p in plots:
+        with Image.open(p) as im:
+            plot_uris.append((data_uri(im.convert("RGB")), Path(p).name))
+    lengths = sorted({c["length"] for _, _, _, cards, _ in blocks for c in cards})
+    page = _TEMPLATES.get_template("gallery.html").render(
+        title=title, headline=headline, decision_text=decision, threshold_line=line, source=source,
+        sections=blocks, short={key: short for key, _, _, short in SECTIONS}, lengths=lengths,
+        plots=plot_uris, problems=sorted(photos.problems.items()), page_size=page_size)
     return page, sections, photos.problems
 
 
@@ -438,16 +478,29 @@ def contact_sheet(rows: Sequence[dict], path: Path, columns: int = SHEET_COLUMNS
 
 
 def write_gallery(rows: Sequence[dict], out_dir: Path, n: int = GALLERY_N, seed: int = 0,
-                  title: str = "transcribe gallery", source: str = "", plots: Sequence[Path] = ()) -> dict[str, Any]:
-    """gallery.html and mistakes.png (contact sheet of the most confident mistakes) into out_dir."""
+                  title: str = "transcribe gallery", source: str = "", plots: Sequence[Path] = (),
+                  threshold: dict | None = None) -> dict[str, Any]:
+    """gallery.html and mistakes.png (contact sheet of the first page of most confident mistakes)
+    into out_dir. threshold: as gallery_html's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page, sections, problems = gallery_html(rows, n, seed, title, source, plots)
+    page, sections, problems = gallery_html(rows, n, seed, title, source, plots, threshold)
     path = out_dir / "gallery.html"
     atomic_write(path, page)
-    sheet = contact_sheet(sections["mistakes"], out_dir / "mistakes.png")
+    sheet = contact_sheet(sections["mistakes"][:GALLERY_PAGE], out_dir / "mistakes.png")
     return {"gallery": path, "contact_sheet": sheet, "counts": {k: len(v) for k, v in sections.items()},
             "unreadable_photos": problems}
+
+
+def run_threshold(predictions_file: Path) -> dict | None:
+    """The refusal threshold of the run a predictions file was evaluated from (RUN/eval/<split>/
+    predictions.jsonl -> RUN/threshold.json, chosen on validation), or None."""
+    run = Path(predictions_file).resolve().parent.parent.parent
+    saved = read_threshold(run) if Path(predictions_file).resolve().parent.parent.name == "eval" else None
+    if saved is None:
+        return None
+    return {"value": saved["threshold"], "target": saved.get("target", TARGET),
+            "source": f"the run's, chosen on {saved.get('chosen_on', 'validation')} ({run / THRESHOLD_FILE})"}
 
 
 # ---------------------------------------------------------------- command
@@ -456,7 +509,7 @@ def run_gallery(args: argparse.Namespace) -> int:
     rows = read_predictions(args.predictions)
     out = args.out or args.predictions.parent
     result = write_gallery(rows, out, n=args.n, seed=args.seed, title=f"transcribe: {args.predictions.name}",
-                           source=str(args.predictions.resolve()))
+                           source=str(args.predictions.resolve()), threshold=run_threshold(args.predictions))
     counts = result["counts"]
     print(f"{len(rows)} predictions: {counts['mistakes']} mistakes shown, {counts['sample']} sampled, "
           f"{counts['least_confident_right']} least confident right")

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import random
 import sys
@@ -52,6 +53,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
 
 from transcribe import config as configlib
 from transcribe import dataset, precision, sequence
@@ -148,12 +150,17 @@ def accuracies(decoded_lengths, decoded_digits, lengths, digits) -> tuple[Any, A
     return seq_right, chars_right, lengths
 
 
-def loss_and_accuracy(model, images, lengths, digits, crop: int, head: str, autocast, channels_last: bool) -> dict:
-    """Loss and sequence/character accuracy of `model` on uint8 images (N,64,64,3), centre crops."""
+def loss_and_accuracy(model, images, lengths, digits, crop: int, head: str, autocast, channels_last: bool,
+                      worst: int = 0) -> dict:
+    """Loss and sequence/character accuracy of `model` on uint8 images (N,64,64,3), centre crops.
+
+    worst > 0 adds "worst": the `worst` most confident wrong readings, most confident first, as
+    [(index into images, log P(S|X), the reading)] (TensorBoard shows them: sec. 11.5)."""
     was_training = model.training
     model.eval()
     n = images.shape[0]
     loss_sum, seq, chars, total_chars = 0.0, 0, 0, 0
+    wrong: list[tuple[float, int, str]] = []  # (log P(S|X), index, reading) of every mistake
     with torch.no_grad():
         for start in range(0, n, EVAL_BATCH):
             x = dataset.prepare_batch(images[start:start + EVAL_BATCH], crop, False, None)
@@ -169,8 +176,15 @@ def loss_and_accuracy(model, images, lengths, digits, crop: int, head: str, auto
             seq += int(s.sum())
             chars += int(c.sum())
             total_chars += int(t.sum())
+            if worst:
+                bad = (~s).nonzero().flatten().tolist()
+                texts = sequence.to_texts(dec.lengths[bad], dec.digits[bad])
+                wrong += zip(dec.logp[bad].tolist(), [start + i for i in bad], texts)  # one transfer, not one per photo
     model.train(was_training)
-    return {"loss": loss_sum / max(1, n), "seq_acc": seq / max(1, n), "char_acc": chars / max(1, total_chars)}
+    out = {"loss": loss_sum / max(1, n), "seq_acc": seq / max(1, n), "char_acc": chars / max(1, total_chars)}
+    if worst:
+        out["worst"] = [(i, logp, text) for logp, i, text in sorted(wrong, key=lambda w: -w[0])[:worst]]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +347,7 @@ class TrainingData:
     digits: torch.Tensor       # (N, MAX_DIGITS), -1 past the length
     train_eval: tuple          # a fixed training subset (images, lengths, digits), scored like validation
     val_eval: tuple            # the validation split (or its first eval_limit photos)
+    n_val: int                 # photos in the whole validation split
 
 
 def load_data(data_cfg, cfg: TrainConfig, procs: Processes) -> TrainingData:
@@ -351,7 +366,8 @@ def load_data(data_cfg, cfg: TrainConfig, procs: Processes) -> TrainingData:
     sub = torch.randperm(n_train, generator=g)[:cfg.eval_limit or n_train].sort().values.to(procs.device)
     vlim = cfg.eval_limit or len(val_set.images)
     return TrainingData(images, lengths, digits, (images[sub], lengths[sub], digits[sub]),
-                        (as_t(val_set.images[:vlim]), as_t(val_set.lengths[:vlim]), as_t(val_set.digits[:vlim])))
+                        (as_t(val_set.images[:vlim]), as_t(val_set.lengths[:vlim]), as_t(val_set.digits[:vlim])),
+                        len(val_set.images))
 
 
 FRESH_STATE = {"step": 0, "elapsed": 0.0, "best": -1.0, "best_step": -1, "bad_evals": 0,
@@ -398,7 +414,11 @@ def open_run_folder(out: Path, model_cfg, data_cfg, cfg: TrainConfig, state: dic
         note = truncate_metrics(out, state["step"])
         if note:
             print(f"note: {note}", file=sys.stderr)
-    return SummaryWriter(str(out / "tb"), purge_step=state["step"] if resumed else None)
+    writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] if resumed else None)
+    text = json.dumps({k: configlib.to_dict(c) for k, c in (("model", model_cfg), ("data", data_cfg), ("train", cfg))},
+                      indent=2)
+    writer.add_text("config", "    " + text.replace("\n", "\n    "), state["step"])  # indented: a code block
+    return writer
 
 
 def after_evaluation(state: dict, step: int, elapsed: float, val_seq_acc: float, cfg: TrainConfig) -> tuple[dict, bool]:
@@ -439,6 +459,87 @@ def write_histograms(writer, raw_model, probe, step: int) -> None:
             writer.add_scalar(f"off_fraction/{name[4:]}", float((act <= 0).float().mean()), step)
 
 
+WORST_MISTAKES = 16  # most confident wrong validation readings shown in TensorBoard at each evaluation
+
+
+def write_worst_mistakes(writer, val_eval: tuple, worst: list, step: int) -> None:
+    """The most confident wrong validation readings as an image grid (the cached crops, most
+    confident first, row by row), with a table of truth, reading and confidence beside it."""
+    if not worst:
+        return
+    images, lengths, digits = val_eval
+    idx = torch.tensor([i for i, _, _ in worst], device=images.device)
+    crops = images[idx].permute(0, 3, 1, 2).float().div(255)  # (K, 3, S, S) in [0, 1]
+    writer.add_image("val/worst_mistakes", make_grid(crops, nrow=8, padding=2), step)
+    truths = sequence.to_texts(lengths[idx], digits[idx])
+    table = [f"| {k + 1} | {truth} | {text} | {100 * math.exp(min(logp, 0.0)):.1f}% |"
+             for k, (truth, (_, logp, text)) in enumerate(zip(truths, worst))]
+    writer.add_text("val/worst_mistakes", "| # | truth | read | model's confidence |\n| --- | --- | --- | --- |\n"
+                    + "\n".join(table), step)
+
+
+def flat_config(model_cfg, data_cfg, cfg: TrainConfig) -> dict[str, Any]:
+    """{"model.depth": 8, "train.lr": 0.05, ...}: the frozen configs as TensorBoard hparams
+    (numbers, strings and booleans; tuples and None as their JSON text)."""
+    out = {}
+    for part, c in (("model", model_cfg), ("data", data_cfg), ("train", cfg)):
+        for key, value in configlib.to_dict(c).items():
+            ok = isinstance(value, (bool, int, float, str))
+            out[f"{part}.{key}"] = value if ok else json.dumps(value)
+    return out
+
+
+def write_hparams(writer, model_cfg, data_cfg, cfg: TrainConfig, state: dict, step: int) -> None:
+    """The run's settings beside its final numbers (TensorBoard's HPARAMS tab compares runs)."""
+    writer.add_hparams(flat_config(model_cfg, data_cfg, cfg),
+                       {"hparam/best_val_seq_acc": state["best"], "hparam/best_step": state["best_step"],
+                        "hparam/steps": step, "hparam/seconds": state["elapsed"]},
+                       run_name=".")  # into the run's own tb/ folder, not a timestamped one below it
+
+
+def banner(out: Path, model_cfg, data_cfg, cfg: TrainConfig, device: torch.device, amp: str, parameters: int,
+           photos: tuple[int, int], start_step: int = 0) -> str:
+    """What the run is about to do, printed once at its start (rank 0)."""
+    n_train, n_val = photos
+    if device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(device)} ({precision.cpu_name()} host)"
+    else:
+        machine = f"{precision.cpu_name()}, {os.cpu_count()} CPUs"
+    budget = f", budget {cfg.max_seconds:g} s" if cfg.max_seconds > 0 else ""
+    early = (f", early stopping after {cfg.patience} evaluations without a better validation accuracy"
+             if cfg.patience else "")
+    scored = "all" if not cfg.eval_limit or cfg.eval_limit >= n_val else f"the first {cfg.eval_limit:,}"
+    threads = torch.get_num_threads()
+    return "\n".join([
+        f"run {out}: " + (f"resuming at step {start_step}" if start_step else "new"),
+        f"  machine    {machine}; torch {torch.__version__}",
+        f"  device     {device}, {threads} thread{'' if threads == 1 else 's'}, "
+        f"{'bf16 autocast' if amp == 'bf16' else 'float32'} (--amp {cfg.amp})",
+        f"  model      preset {cfg.preset}, head {model_cfg.head}, {parameters:,} parameters",
+        f"  photos     {n_train:,} training, {n_val:,} validation ({scored} scored at each evaluation); "
+        f"from {', '.join(data_cfg.train)}",
+        f"  schedule   {cfg.steps:,} steps of {cfg.batch_size} ({cfg.steps * cfg.batch_size / max(1, n_train):.1f} "
+        f"epochs){budget}; {cfg.optimizer}, lr {cfg.lr:g} {cfg.schedule}"
+        + (f" to {cfg.lr_floor:g}" if cfg.schedule in ("linear", "exp") else "")
+        + f"; evaluation every {cfg.eval_every} steps{early}",
+    ])
+
+
+def summary(out: Path, cfg: TrainConfig, state: dict, step: int) -> str:
+    """How the run ended, printed once at its end (rank 0): the best validation accuracy and its
+    step, why it stopped, where the checkpoints are, and the next command."""
+    why = state["stopped"] or (f"all {cfg.steps:,} steps done" if step >= cfg.steps else "interrupted")
+    best = (f"{100 * state['best']:.2f}% at step {state['best_step']}" if state["best_step"] >= 0 else "none yet")
+    lines = [f"run {out}: stopped at step {step} after {state['elapsed']:.1f} s: {why}",
+             f"  best validation sequence accuracy  {best}"
+             + (f" (the first {cfg.eval_limit:,} photos)" if cfg.eval_limit else ""),
+             f"  checkpoints  {out / CKPT_BEST} (the best), {out / CKPT_LAST} (to resume: run the same command)",
+             f"  TensorBoard  tensorboard --logdir {out / 'tb'}",
+             f"  next         transcribe evaluate {out} --split val   (chooses the refusal threshold, "
+             f"scores every validation photo, writes the gallery)"]
+    return "\n".join(lines)
+
+
 def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the run folder."""
     if model_cfg.in_size != data_cfg.crop:  # two fields, one quantity: the side of the network's input
@@ -460,13 +561,16 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             data = load_data(data_cfg, cfg, procs)
             n_train, steps_per_epoch = len(data.images), len(data.images) // cfg.batch_size
             raw_model, model, optimizer, state = build_model(model_cfg, data_cfg, cfg, procs, last_path, resumed)
+            amp = "bf16" if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda") else "off"
             if cfg.amp == "auto":  # bf16 where a few measured steps say it is faster (precision.py)
                 amp = precision.resolve(cfg.amp, "train", model_cfg, micro, data_cfg.crop, device,
                                         cfg.deterministic, log=print if master else (lambda _: None))
                 autocast = precision.autocast_for(amp, device.type)
-                if master:
-                    print(f"precision: {'bf16 autocast' if amp == 'bf16' else 'float32'} (--amp auto)")
             writer = open_run_folder(out, model_cfg, data_cfg, cfg, state, resumed) if master else None
+            if master:
+                print(banner(out, model_cfg, data_cfg, cfg, device, amp, modellib.count_parameters(raw_model),
+                             (n_train, data.n_val), state["step"]),
+                      flush=True)
             pbar = None  # a bar on a terminal, plain lines in a log (progress.py)
             if master and cfg.progress:
                 pbar = Progress(cfg.steps, cfg.max_seconds, cfg.batch_size, state["step"], state["elapsed"])
@@ -495,7 +599,9 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 new = None
                 if master:
                     tr = loss_and_accuracy(raw_model, *data.train_eval, data_cfg.crop, model_cfg.head, autocast, True)
-                    va = loss_and_accuracy(raw_model, *data.val_eval, data_cfg.crop, model_cfg.head, autocast, True)
+                    va = loss_and_accuracy(raw_model, *data.val_eval, data_cfg.crop, model_cfg.head, autocast, True,
+                                           worst=WORST_MISTAKES)
+                    write_worst_mistakes(writer, data.val_eval, va.pop("worst"), step)
                     elapsed = elapsed_before + time.time() - t_start
                     new, improved = after_evaluation(state, step, elapsed, va["seq_acc"], cfg)
                     row = {"step": step, "epoch": step // steps_per_epoch, "examples": step * cfg.batch_size,
@@ -594,7 +700,9 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
             if pbar is not None:
                 pbar.close()
             if writer is not None:
+                write_hparams(writer, model_cfg, data_cfg, cfg, state, step)
                 writer.close()
+                print(summary(out, cfg, state, step), flush=True)
     finally:
         if procs.ddp:
             dist.destroy_process_group()

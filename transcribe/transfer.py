@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -366,6 +367,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"transfer {cfg.recognizer}: {len(photos)} photos from {args.train} ({len(problems)} skipped), "
           f"stretch {cfg.stretch}, {cfg.views} views, {cfg.epochs} epochs, {args.folds} folds -> {out}", file=sys.stderr)
     model = use_head(rec.LineRecognizer(cfg.recognizer), cfg)
+    trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("stem."))
+    print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, float32; "
+          f"{trainable:,} trainable parameters (the stem frozen)", file=sys.stderr)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
     print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
@@ -432,6 +436,10 @@ def run_transfer(args: argparse.Namespace) -> int:
                                                     if not n.startswith("stem.") and p.requires_grad)})
     print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/, {card.CARD_FILE} in {summary['seconds']:.0f} s",
           file=sys.stderr)
+    if args.folds >= 2:
+        print(f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}   (the out-of-fold mistakes, "
+              f"marked by the shipped threshold)", file=sys.stderr)
+    print(f"next: transcribe predict PHOTO.png --box L,T,W,H --run {out}", file=sys.stderr)
     return 0
 
 
