@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
-pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
+pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
 
 from transcribe import crops, ctc, recognizer, svhn  # noqa: E402
 from transcribe.studies import baseline  # noqa: E402

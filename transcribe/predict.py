@@ -61,7 +61,8 @@ def prepare_photo(path: str | Path, box=None, widen: float = WIDEN, size: int = 
     return crops.crop(image, crop_box, size), crop_box
 
 
-def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None) -> tuple[list[dict], list[str]]:
+def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None,
+            device: str = "cpu") -> tuple[list[dict], list[str]]:
     """Read photos with a run's model; decide accept/refer with the run's validation threshold.
 
     Returns (rows, problems): rows with file, pred, confidence (log P(S|X)), probability, decision,
@@ -77,7 +78,7 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     if saved is None:
         raise FileNotFoundError(f"{run / THRESHOLD_FILE}: no refusal threshold yet; run "
                                 f"`transcribe evaluate {run} --split val` first")
-    model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"))
+    model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"), device=device)
     threshold = saved["threshold"]
     if box is None:  # a whole photo: find the number's box first (localize.py via whole.py)
         from transcribe.whole import read_whole
@@ -159,7 +160,7 @@ def run_predict(args) -> int:
             from transcribe.runtime import predict as predict_onnx
             rows, problems = predict_onnx(paths, args.model, box)
         else:
-            rows, problems = predict(paths, args.run, box)
+            rows, problems = predict(paths, args.run, box, device=args.device)
     except (FileNotFoundError, ValueError) as err:
         print(f"transcribe predict: {err}", file=sys.stderr)
         return 1

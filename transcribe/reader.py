@@ -32,7 +32,8 @@ class Reading:
 class Reader:
     """A run's model, loaded once, with its validation threshold (or `threshold` to override it)."""
 
-    def __init__(self, run: str | Path, threshold: float | None = None, checkpoint: str | None = None):
+    def __init__(self, run: str | Path, threshold: float | None = None, checkpoint: str | None = None,
+                 device: str = "cpu"):
         # Imported here, not at the top: `transcribe serve --help` must answer without torch.
         from transcribe import runs, transfer
         run = Path(run)
@@ -49,7 +50,7 @@ class Reader:
                             "threshold": self.threshold}
             return
         checkpoint = checkpoint or (saved or {}).get("checkpoint", "best")
-        self.model, ckpt, self.data_cfg = runs.load_run(run, checkpoint)
+        self.model, ckpt, self.data_cfg = runs.load_run(run, checkpoint, device=device)
         self.threshold = threshold if threshold is not None else saved["threshold"]  # None: refer all
         self.version = {"run": run.resolve().name, "checkpoint": checkpoint, "step": ckpt.get("step"),
                         "threshold": self.threshold}
