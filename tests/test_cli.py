@@ -80,9 +80,9 @@ SYNONYMS = {
     "--max": "--limit", "--first": "--limit",
 }
 # Commands that run a network: each takes --device with the same choices (config.DEVICES).
-# Not here: transfer (its fine-tuning runs on the CPU only, not yet moved) and check (float64 and
-# complex-step numpy checks, on the CPU by design).
-NETWORK_COMMANDS = ("train", "evaluate", "predict", "serve", "learning-curve", "lr-sweep", "search", "bench")
+# Not here: check (float64 and complex-step numpy checks, on the CPU by design).
+NETWORK_COMMANDS = ("train", "evaluate", "predict", "transfer", "serve", "learning-curve", "lr-sweep", "search",
+                    "bench")
 
 
 def _parsers():

@@ -73,7 +73,7 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     from transcribe.sequence import REFUSED_TEXT
     run = Path(run)
     if (run / "model.pt").is_file():  # a fine-tuned line recognizer (`transcribe transfer`)
-        return _predict_transfer(paths, run, box)
+        return _predict_transfer(paths, run, box, device)
     saved = read_threshold(run)
     if saved is None:
         raise FileNotFoundError(f"{run / THRESHOLD_FILE}: no refusal threshold yet; run "
@@ -106,11 +106,12 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     return rows, problems
 
 
-def _predict_transfer(paths: Sequence[str | Path], run: Path, box=None) -> tuple[list[dict], list[str]]:
+def _predict_transfer(paths: Sequence[str | Path], run: Path, box=None,
+                      device: str = "cpu") -> tuple[list[dict], list[str]]:
     """predict() for a transfer run: its threshold was chosen on the out-of-fold predictions.
     Without a box the photo is read as an already cropped number (no localization yet)."""
     from transcribe.reader import Reader
-    reader = Reader(run)
+    reader = Reader(run, device=device)
     rows, problems, images, boxes, where = [], [], [], [], []
     for path in paths:
         try:

@@ -44,6 +44,7 @@ class Reader:
         self.transfer = (run / transfer.CHECKPOINT).is_file()  # a fine-tuned line recognizer (transfer.py)
         if self.transfer:
             self.model, self.transfer_cfg, _ = transfer.load(run)
+            self.model.to(runs.resolve_device(device))  # neck and head; the stem runs in onnxruntime
             self.stem = transfer.rec.StemSession(self.model)
             self.threshold = threshold if threshold is not None else saved["threshold"]
             self.version = {"run": run.resolve().name, "checkpoint": transfer.CHECKPOINT, "step": None,
