@@ -167,3 +167,16 @@ def test_version(capsys):
         assert out == f"transcribe {metadata.version(cli.DISTRIBUTION)}\n"
     except metadata.PackageNotFoundError:  # this checkout is not the installed distribution
         assert out.startswith(f"transcribe unknown ({cli.DISTRIBUTION} is not installed")
+
+
+def test_device_cuda_without_cuda_is_one_clear_line(capsys):
+    """--device has one behaviour: auto = cuda if available, else cpu; cuda without CUDA is one
+    line naming the flag (here through `transcribe bench`, which resolves it before measuring)."""
+    import torch
+    from transcribe import runs
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: --device cuda is valid here")
+    assert runs.resolve_device("auto").type == "cpu" and runs.resolve_device("cpu").type == "cpu"
+    assert cli.main(["bench", "--device", "cuda", "--presets", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err == "transcribe bench: error: --device cuda: no CUDA device is available\n"
