@@ -140,7 +140,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              help=f"processes decoding photos (default: {C.CACHE_WORKERS} for splits of {C.PARALLEL_FROM:,}+ photos, else 0)")
     # --crop-widen, --size, --val-fraction, --val-size, --split-seed, --cache-dir come from
     # DataConfig, so the defaults printed here are the ones training uses.
-    C.add_dataclass_arguments(parser, C.DataConfig, skip=("train", "crop", "train_size"))
+    C.add_dataclass_arguments(parser, C.DataConfig, skip=("train", "crop", "train_size", "mix", "mix_size"))
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
