@@ -2,55 +2,76 @@
 # DATA is a folder of format-1 splits (train/, test/, optionally extra/): the official SVHN
 # by default, any other such folder with DATA=...  `make demo` runs the same path, small, on
 # synthetic house numbers; `make test` runs the suite. Both set up .venv first.
+# Every `VAR ?= value` line under a `#> text` line is listed with its value by `make help`;
+# override any on the command line: `make train RUN=runs/mine PRESET=cpu`.
+#> interpreter that creates .venv
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/transcribe
+#> folder of format-1 splits (train/, test/, optionally extra/)
 DATA   ?= data/svhn
+#> run folder of train, evaluate, gallery, diagnose, clean-runs
 RUN    ?= runs/svhn
+#> model preset of `make train` (the paper's network; transcribe train's own default is cpu)
 PRESET ?= goodfellow
+#> optimizer steps of `make train`
 STEPS  ?= 100000
+#> the 2,000 real photos of the sample targets
 SAMPLE ?= ../shared/data/svhn-sample/train
 # train+extra with 6,000 held out for validation (Goodfellow et al. 2014); a small set: 10%.
 TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
 .PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
-        learning-curve diagnose check search bench baseline compare figures clean \
+        learning-curve diagnose check search bench baseline compare figures clean clean-runs \
         serve bench-serve
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+HELP_VARS = $(shell awk '/^\#> /{d=1; next} d && /^[A-Z_]+ +\?=/{print $$1} {d=0}' $(firstword $(MAKEFILE_LIST)))
+help: ## list the targets, then the variables with their values
+	@echo "targets:"
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "variables (value now; set one with make TARGET VAR=value):"
+	@$(foreach v,$(HELP_VARS),printf '  %-14s %-34s %s\n' '$(v)' '$($(v))' \
+	    "$$(grep -B1 -E '^$(v) +\?=' $(firstword $(MAKEFILE_LIST)) | head -1 | sed 's/^\#> //')";)
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip uninstall -q -y transcribe 2>/dev/null || true  # the distribution's old name (now transcribe-svhn)
 	$(PY) -m pip install -q -e '.[dev,baseline,transfer,serve,whole]'
 	touch $@
 
 setup: $(VENV)/.installed ## .venv with torch 2.14.1 and the package (editable)
 
-test: setup ## the test suite (about 3 minutes on 2 cores)
+test: setup ## the test suite (about 2 minutes on 2 cores; under 4 with a fresh .venv)
 	$(VENV)/bin/pytest -q
 
 # tests/test_fuzz.py, long: FUZZ_EXAMPLES random cases per property (6,000 x 7 properties: about
 # 10 minutes on 2 cores), then the cases run and their outcomes per property. `make test` runs 100.
+#> random cases per property of `make fuzz`
 FUZZ_EXAMPLES ?= 6000
 fuzz: setup ## property-based fuzzing of every input reader (Hypothesis), long
 	TRANSCRIBE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 # ---------------------------------------------------------------- the demo (synthetic)
+#> run folder of the demo (also read by train-sample-cpu, serve)
 DEMO_RUN     ?= runs/demo
-DEMO_N       ?= 20000
+#> synthetic training photos the demo generates
+DEMO_PHOTOS  ?= 20000
+#> the demo's training budget, seconds
 DEMO_SECONDS ?= 600
+#> the demo's step limit (the schedule decays over steps or seconds)
 DEMO_STEPS   ?= 1800
+#> the demo's peak learning rate
 DEMO_LR      ?= 0.05
+#> steps between the demo's evaluations
 DEMO_EVAL    ?= 200
 demo: setup ## the whole path on synthetic data: data, train (10 min), evaluate, gallery
-	test -f data/synth/train/digitStruct.mat || $(TR) data synth --n $(DEMO_N) --out data/synth/train --seed 1
-	test -f data/synth/test/digitStruct.mat  || $(TR) data synth --n 2000 --out data/synth/test --seed 2
+	test -f data/synth/train/digitStruct.mat || $(TR) data synth --photos $(DEMO_PHOTOS) --out data/synth/train --synth-seed 1
+	test -f data/synth/test/digitStruct.mat  || $(TR) data synth --photos 2000 --out data/synth/test --synth-seed 2
 	$(TR) data data/synth/train
 	$(TR) train --preset cpu --train data/synth/train --out $(DEMO_RUN) --threads 2 \
 	    --steps $(DEMO_STEPS) --lr $(DEMO_LR) --eval-every $(DEMO_EVAL) --max-seconds $(DEMO_SECONDS)
@@ -80,12 +101,14 @@ gallery: setup ## most confident mistakes on the training photos (where the chap
 # The best recipe measured on real photos: the PP-OCRv6 small recognizer (inside the rapidocr
 # wheel) fine-tuned with a digits-only CTC head, 5-fold cross-validated over the whole sample,
 # then trained on all of it; its threshold is chosen on the 2,000 out-of-fold predictions.
+#> run folder of train-sample (the transfer recipe)
 TRANSFER_RUN ?= runs/sample-transfer
 train-sample: setup ## transfer: fine-tune PP-OCRv6 small on the sample, 5-fold CV, ship (about 40 min)
 	$(TR) transfer --train $(SAMPLE) --folds 5 --views 4 --epochs 8 --out $(TRANSFER_RUN)
 
 # The earlier recipe: the demo's synthetic-trained cpu network fine-tuned on the sample's training
 # part; validation (10%, seed 0) from the sample only. Run `make demo` first (it is run if missing).
+#> run folder of train-sample-cpu
 SAMPLE_RUN ?= runs/sample
 train-sample-cpu: setup ## fine-tune the synthetic-pretrained cpu net on ../shared/data/svhn-sample (10 min)
 	test -f $(DEMO_RUN)/ckpt-best.pt || $(MAKE) demo
@@ -95,6 +118,7 @@ train-sample-cpu: setup ## fine-tune the synthetic-pretrained cpu net on ../shar
 
 # ---------------------------------------------------------------- methodology (book ch. 11)
 # STUDY is the training folder these tools study: the real sample by default.
+#> training folder of the methodology and baseline targets
 STUDY ?= $(SAMPLE)
 ablation: setup ## crop widening 1.0 vs 1.3: same preset, photos, budget (sec. 11.6)
 	$(PY) scripts/ablation.py --train $(STUDY) --preset cpu --steps 900 --max-seconds 300 \
@@ -125,16 +149,16 @@ bench: setup ## images/second: training, inference, the data path vs the obvious
 
 # ---------------------------------------------------------------- the OCR baseline (sec. 11.2)
 baseline: setup ## RapidOCR's PP-OCRv4 and v6 recognizers on the sample's photos
-	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split val --data $(STUDY) --out runs/baseline/rapidocr-w1.0-val
-	$(TR) baseline --engine rapidocr --crop-widen 1.3 --split val --data $(STUDY) --out runs/baseline/rapidocr-w1.3-val
-	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split train --data $(STUDY) --out runs/baseline/rapidocr-w1.0-train
+	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split val --train $(STUDY) --out runs/baseline/rapidocr-w1.0-val
+	$(TR) baseline --engine rapidocr --crop-widen 1.3 --split val --train $(STUDY) --out runs/baseline/rapidocr-w1.3-val
+	$(TR) baseline --engine rapidocr --crop-widen 1.0 --split train --train $(STUDY) --out runs/baseline/rapidocr-w1.0-train
 	# PP-OCRv6 small on every sample photo (the cross-validated table reads these), plain and stretched 1.5x
 	for s in 1.0 1.5; do $(TR) baseline --engine rapidocr-v6 --crop-widen 1.0 --stretch $$s --threads 2 \
 	    --split $(STUDY) --out runs/baseline/rapidocr-v6-s$$s-all || exit 1; done
 	$(TR) baseline --engine rapidocr --crop-widen 1.0 --threads 2 --split $(STUDY) --out runs/baseline/rapidocr-v4-all
 
 cv-table: setup ## every system on the same 5 folds of the sample: mean ± sd (after baseline, train-sample)
-	$(PY) scripts/cv_table.py --folds 5 --seed 0 --json runs/cv-table.json \
+	$(PY) scripts/cv_table.py --folds 5 --split-seed 0 --json runs/cv-table.json \
 	    transfer=$(TRANSFER_RUN)/eval/cv/predictions.jsonl \
 	    transfer-adhoc=$(TRANSFER_RUN)/eval/cv/predictions.jsonl:adhoc_confidence \
 	    v6-digits-head-step0=$(TRANSFER_RUN)/eval/step0/predictions.jsonl \
@@ -142,7 +166,7 @@ cv-table: setup ## every system on the same 5 folds of the sample: mean ± sd (a
 	    rapidocr-v6-s1.0=runs/baseline/rapidocr-v6-s1.0-all/predictions.jsonl \
 	    rapidocr-v4=runs/baseline/rapidocr-v4-all/predictions.jsonl
 	# the same systems on the 200 photos of the usual validation split (10%, seed 0): out of fold as well
-	$(PY) scripts/cv_table.py --folds 5 --seed 0 --json runs/cv-table-val200.json \
+	$(PY) scripts/cv_table.py --folds 5 --split-seed 0 --json runs/cv-table-val200.json \
 	    --subset runs/baseline/rapidocr-w1.0-val/predictions.jsonl \
 	    transfer=$(TRANSFER_RUN)/eval/cv/predictions.jsonl \
 	    v6-digits-head-step0=$(TRANSFER_RUN)/eval/step0/predictions.jsonl \
@@ -162,12 +186,14 @@ figures: setup ## README figures into docs/figures/ (git-ignored): contact sheet
 	-cp runs/learning-curve/learning_curve.png runs/lr-sweep/lr_sweep.png docs/figures/
 	-chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,1400 \
 	    --screenshot=docs/figures/sample-gallery.png file://$(CURDIR)/$(SAMPLE_RUN)/eval/val/gallery.html
-	-$(PY) scripts/serve_screenshot.py --run $(DEMO_RUN) --photos data/synth/test --out docs/figures
+	-$(PY) scripts/serve_screenshot.py --run $(DEMO_RUN) --split data/synth/test --out docs/figures
 
 # ---------------------------------------------------------------- the referral service (issue 13)
 # `make serve` answers on http://127.0.0.1:$(SERVE_PORT): POST /v1/transcriptions, /review (the
 # operator page), /status, /metrics. The token is TRANSCRIBE_TOKEN, or one made and printed at start.
+#> run folder served by serve and bench-serve
 SERVE_RUN  ?= $(DEMO_RUN)
+#> port of `make serve`
 SERVE_PORT ?= 8000
 serve: setup ## the referral service on the demo run: API, review queue, operator and status pages
 	test -f $(SERVE_RUN)/threshold.json || $(MAKE) demo
@@ -175,8 +201,15 @@ serve: setup ## the referral service on the demo run: API, review queue, operato
 
 bench-serve: setup ## 16 clients post 2,000 photos to the service: throughput, p50/p99, vs one process
 	test -f $(SERVE_RUN)/threshold.json || $(MAKE) demo
-	$(PY) scripts/bench_serve.py --run $(SERVE_RUN) --photos data/synth/test --n 2000 --clients 16 \
+	$(PY) scripts/bench_serve.py --run $(SERVE_RUN) --split data/synth/test --limit 2000 --clients 16 \
 	    --threads 2 --out runs/bench-serve/bench.json
 
-clean: ## remove run folders and caches (keeps downloaded and synthetic data)
-	rm -rf runs data/cache
+# Never run folders (a multi-day runs/svhn among them): those go one at a time with clean-runs.
+clean: ## remove caches and generated files: data/cache, docs/figures, Python and pytest caches; keeps runs/ and data
+	rm -rf data/cache docs/figures .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+clean-runs: ## remove the one run folder RUN, given explicitly: make clean-runs RUN=runs/demo
+	@test "$(origin RUN)" = "command line" || { echo "make clean-runs: name the run folder: make clean-runs RUN=runs/..."; exit 2; }
+	@test -d "$(RUN)" || { echo "make clean-runs: $(RUN) is not a folder"; exit 2; }
+	rm -rf -- "$(RUN)"

@@ -75,16 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="crop-widening ablation: the same training with several widening factors")
     parser.add_argument("--train", nargs="+", required=True, help="format-1 folders or .h5 caches to train on")
     parser.add_argument("--out", default="runs/ablation", help="parent folder of the runs (default: %(default)s)")
-    parser.add_argument("--widths", nargs="+", type=float, default=list(WIDTHS), help="widening factors (default: 1.0 1.3)")
+    parser.add_argument("--crop-widens", nargs="+", type=float, default=list(WIDTHS),
+                        help="crop widening factors, one run each (default: 1.0 1.3)")
     parser.add_argument("--preset", default="cpu", help="model preset (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=0.0, help="wall-clock budget per run, 0 = none")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the val split")
+    parser.add_argument("--train-seed", type=int, default=0,
+                        help="seed of the weights and batches (the validation split keeps seed 0)")
     parser.add_argument("--split", default="test", help="held-out split to report: test, val or PATH (default: test)")
     parser.add_argument("--target", type=float, default=metrics.TARGET, help="accuracy target (default: 0.98)")
     args = parser.parse_args(argv)
-    ablation(tuple(args.train), args.out, tuple(args.widths), args.preset, args.steps, args.split, args.target,
-             max_seconds=args.max_seconds, seed=args.seed)
+    ablation(tuple(args.train), args.out, tuple(args.crop_widens), args.preset, args.steps, args.split, args.target,
+             max_seconds=args.max_seconds, seed=args.train_seed)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Load figures of `transcribe serve`: concurrent clients post photos; throughput and latency,
 against reading the same photos in one process (what `transcribe predict` does, minus start-up).
 
-    python scripts/bench_serve.py --run runs/demo --photos data/synth/test --n 2000 --clients 16
+    python scripts/bench_serve.py --run runs/demo --split data/synth/test --limit 2000 --clients 16
 
 The server is started here (a fresh SQLite database in a temp folder, the run's threshold), each
 photo is posted once with its number box and its own Idempotency-Key, and afterwards the
@@ -136,25 +136,25 @@ def _metric(text: str, name: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    parser.add_argument("--photos", type=Path, default=Path("data/synth/test"),
+    parser.add_argument("--split", type=Path, default=Path("data/synth/test"),
                         help="format-1 folder of photos (default: data/synth/test)")
-    parser.add_argument("--n", type=int, default=2000, help="photos to post (default: 2000)")
+    parser.add_argument("--limit", type=int, default=2000, help="photos to post: the first N, cycling if the folder holds fewer (default: 2000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides (default: 2)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-serve/bench.json"), help="JSON written here")
     args = parser.parse_args()
-    items = photos(args.photos, args.n)
+    items = photos(args.split, args.limit)
     single = single_process(args.run, items, args.threads)
     served = serve(args.run, items, args.clients, args.threads)
-    ok = served["failures"] == 0 and served["stored"] == args.n and served["pending"] == 0
-    result = {"run": str(args.run), "photos": args.n, "clients": args.clients, "threads": args.threads,
+    ok = served["failures"] == 0 and served["stored"] == args.limit and served["pending"] == 0
+    result = {"run": str(args.run), "photos": args.limit, "clients": args.clients, "threads": args.threads,
               "cpus": os.cpu_count(), "single_process_photos_per_second": round(single, 1), **served,
               "every_photo_stored_once": ok}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(args.out)
-    print(f"| {args.clients} clients, {args.n} photos | served {served['photos_per_second']} photos/s "
+    print(f"| {args.clients} clients, {args.limit} photos | served {served['photos_per_second']} photos/s "
           f"(p50 {served['p50_ms']} ms, p99 {served['p99_ms']} ms, mean batch {served['mean_batch']}) | "
           f"single process {single:.1f} photos/s | accepted {served['accepted']}, referred {served['referred']}, "
           f"failures {served['failures']}, stored once each: {ok} |")

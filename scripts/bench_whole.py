@@ -1,10 +1,10 @@
 """Start time and speed of reading whole photos: the torch path against the ONNX runtime.
 
-    python scripts/bench_whole.py --run runs/sample --model runs/sample/export --n 50
+    python scripts/bench_whole.py --run runs/sample --model runs/sample/export --limit 50
 
 - start: wall time of one `transcribe predict` of one photo in a fresh interpreter (median of
   --repeats), which is what a user waits for; and of `import transcribe.runtime` alone;
-- whole photos/s: localize + read the first --n validation photos, in process, after a warm-up;
+- whole photos/s: localize + read the first --limit validation photos, in process, after a warm-up;
 - crops/s: the reader alone on the validation crops, batch 256 (torch) and 64 (onnxruntime).
 Timings on a shared machine are indicative; the JSON written to --out records the conditions.
 """
@@ -37,7 +37,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="run folder (with threshold.json)")
     p.add_argument("--model", type=Path, required=True, help="folder written by `transcribe export`")
-    p.add_argument("--n", type=int, default=50, help="validation photos to read whole (default 50)")
+    p.add_argument("--limit", type=int, default=50, help="the first N validation photos, read whole (default 50)")
     p.add_argument("--repeats", type=int, default=3, help="fresh-interpreter starts per figure (median)")
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/whole.json"), help="JSON written here")
@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, ckpt, data_cfg = load_run(args.run, read_threshold(args.run).get("checkpoint", "best"))
     val = dataset.load_splits(data_cfg, progress=False)[1]
-    photos = [val.path(i) for i in range(min(args.n, len(val)))]
+    photos = [val.path(i) for i in range(min(args.limit, len(val)))]
     py = sys.executable
     result = {"photos": len(photos), "threads": args.threads, "cpu": os.cpu_count(),
               "load_average_at_start": os.getloadavg()[0]}

@@ -5,7 +5,7 @@ Both go through the same path the network's data takes: a format-1 folder, read 
 resized to 64x64). A person judges from this sheet whether the generator resembles SVHN.
 
     python scripts/contact_sheet.py                      # -> docs/figures/synth-vs-real.png
-    python scripts/contact_sheet.py --seed 3 --real ../shared/data/svhn-sample/train
+    python scripts/contact_sheet.py --sample-seed 3 --real ../shared/data/svhn-sample/train
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real SVHN format-1 folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG to write")
     parser.add_argument("--count", type=int, default=64, help="crops per side")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic seed, and which real photos are drawn")
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="seed of the synthetic photos and of which real photos are drawn")
     parser.add_argument("--scale", type=int, default=2, help="each 64x64 crop is shown this many times larger")
     args = parser.parse_args(argv)
 
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.real}: real SVHN folder not found (pass --real)", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        synth.generate(Path(tmp) / "synth", args.count, seed=args.seed)
-        fake, fake_text = crops_of(Path(tmp) / "synth", args.count, args.seed)
-    real, real_text = crops_of(args.real, args.count, args.seed)
+        synth.generate(Path(tmp) / "synth", args.count, seed=args.sample_seed)
+        fake, fake_text = crops_of(Path(tmp) / "synth", args.count, args.sample_seed)
+    real, real_text = crops_of(args.real, args.count, args.sample_seed)
 
     caption, title, gap = 12, 16, 24
     left = grid(fake, fake_text, 8, args.scale, caption)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet.paste(left, (0, title))
     sheet.paste(right, (left.width + gap, title))
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 2), f"synthetic (transcribe.synth, seed {args.seed})", fill=(0, 0, 0))
+    draw.text((4, 2), f"synthetic (transcribe.synth, seed {args.sample_seed})", fill=(0, 0, 0))
     draw.text((left.width + gap + 4, 2), f"real ({args.real.name} of {args.real.parent.name})", fill=(0, 0, 0))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ folds of sequence accuracy and of coverage at 98% accuracy, each fold's threshol
 half of its photos and applied to the other (transfer.split_half_scores); the best achievable
 coverage (threshold chosen on the scored photos themselves) beside it.
 
-    python scripts/cv_table.py --folds 5 --seed 0 \
+    python scripts/cv_table.py --folds 5 --split-seed 0 \
         NAME=runs/transfer/eval/cv/predictions.jsonl[:confidence] NAME2=...:adhoc_confidence ...
 
 Every predictions file must hold the same photos (matched by image path); the folds are
@@ -26,8 +26,9 @@ from transcribe import metrics, predictions, transfer
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("systems", nargs="+", help="NAME=PREDICTIONS[:CONFIDENCE_KEY]")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5, help="folds, as `transcribe transfer --folds` (default: 5)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the fold assignment, as transfer's --train-seed (default: 0)")
     parser.add_argument("--subset", default=None, help="predictions file whose photos alone are scored")
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -38,7 +39,7 @@ def main() -> int:
         specs.append((name, Path(path), key or "confidence"))
     first = predictions.read_predictions(specs[0][1])
     order = [str(Path(r["image"]).resolve()) for r in first]
-    folds = transfer.folds_of(len(order), args.folds, args.seed)
+    folds = transfer.folds_of(len(order), args.folds, args.split_seed)
     keep = None
     if args.subset:
         keep = {str(Path(r["image"]).resolve()) for r in predictions.read_predictions(args.subset)}
@@ -62,7 +63,7 @@ def main() -> int:
                     sub.append(r)
             f2 = [[index[i] for i in f if i in index] for f in folds]
             ordered = sub
-        s = transfer.fold_summary(ordered, f2, args.seed, key)
+        s = transfer.fold_summary(ordered, f2, args.split_seed, key)
         correct = metrics.correctness(ordered)
         pooled = {"sequence_accuracy": float(correct.mean()),
                   "best_coverage": metrics.best_at_target(np.array([r[key] for r in ordered], dtype=float), correct)["coverage"]}

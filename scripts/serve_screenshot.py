@@ -1,6 +1,6 @@
 """Screenshots of the operator and status pages for the README, from headless Chromium.
 
-    python scripts/serve_screenshot.py --run runs/demo --photos data/synth/test --out docs/figures
+    python scripts/serve_screenshot.py --run runs/demo --split data/synth/test --out docs/figures
 
 Starts `transcribe serve` on RUN with a temp database, posts a few photos with their boxes,
 signs in as an operator and saves OUT/serve-review.png and OUT/serve-status.png.
@@ -23,8 +23,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    parser.add_argument("--photos", type=Path, default=Path("data/synth/test"), help="format-1 folder")
-    parser.add_argument("--n", type=int, default=12, help="photos to post (default: 12)")
+    parser.add_argument("--split", type=Path, default=Path("data/synth/test"), help="format-1 folder of photos to post")
+    parser.add_argument("--limit", type=int, default=12, help="post the first N photos (default: 12)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"), help="folder for the PNGs")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium binary")
     args = parser.parse_args()
@@ -34,10 +34,10 @@ def main() -> int:
     db = Path(tempfile.mkdtemp(prefix="serve-shot-")) / "reviews.sqlite"
     proc, url, headers = start_server(args.run, db, TOKEN, "--threshold", "0")
     try:
-        for r in svhn.read_split(args.photos).records[:args.n]:
+        for r in svhn.read_split(args.split).records[:args.limit]:
             box = ",".join(f"{v:g}" for v in crops.number_box(r.boxes))
             httpx.post(url + "/v1/transcriptions", headers=headers, data={"box": box},
-                       files={"photo": (r.file, (args.photos / r.file).read_bytes(), "image/png")}, timeout=60)
+                       files={"photo": (r.file, (args.split / r.file).read_bytes(), "image/png")}, timeout=60)
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)

@@ -20,9 +20,9 @@ from transcribe.config import TransferConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", help="JSON of TransferConfig fields that change training only")
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
+    parser.add_argument("--fold", type=int, default=0, help="which of the 5 folds is held out (default: 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = TransferConfig(views=4, epochs=8)  # the views of `make train-sample`

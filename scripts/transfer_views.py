@@ -1,7 +1,7 @@
 """How the off-the-shelf recognizer (the digits head at step 0) reads the sample's first photos
 with each stretch and padding: how the transfer recipe's crop settings were chosen.
 
-    python scripts/transfer_views.py --train ../shared/data/svhn-sample/train --n 600
+    python scripts/transfer_views.py --train ../shared/data/svhn-sample/train --limit 600
 """
 
 import argparse
@@ -17,12 +17,12 @@ from transcribe.config import TransferConfig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--n", type=int, default=600)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
+    parser.add_argument("--limit", type=int, default=600, help="the first N photos (default: 600)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads (default: 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    photos, _ = transfer.load_photos(args.train, args.n)
+    photos, _ = transfer.load_photos(args.train, args.limit)
     model = rec.LineRecognizer().eval()
     stem = rec.StemSession(model, args.threads)
     print("| stretch | padded to | sequence accuracy | best coverage, log P(S|X) | best coverage, ad hoc |")

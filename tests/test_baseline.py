@@ -96,7 +96,7 @@ def test_tesseract_tsv_parsing():
 # ------------------------------------------------------------------ the real engines
 
 def _rapidocr():
-    pytest.importorskip("rapidocr_onnxruntime", reason="optional extra: pip install 'transcribe[baseline]'")
+    pytest.importorskip("rapidocr_onnxruntime", reason="optional extra: pip install 'transcribe-svhn[baseline]'")
     return baseline.RapidOCR(threads=1)
 
 

@@ -44,13 +44,13 @@ def test_fixtures_folder_summary(svhn_fixtures, tmp_path, capsys):
 
 def test_toy_folder_counts_each_kind(tmp_path, capsys):
     folder = toy_folder(tmp_path / "toy", n=5)
-    assert data(folder, "--cache-dir", tmp_path / "c", "--val-size", 2, "--widen", 1.5) == 0
+    assert data(folder, "--cache-dir", tmp_path / "c", "--val-size", 2, "--crop-widen", 1.5) == 0
     out = capsys.readouterr().out
     assert "7 in digitStruct.mat: 5 usable, 2 skipped" in out
     assert "image file missing (skipped): gone.png" in out
     assert "unreadable image (skipped): bad.png" in out
     assert "validation 3 train / 2 val  (val_size 2" in out
-    assert list((tmp_path / "c").glob("*-w1.5-s64-*.h5"))  # --widen reached the cache
+    assert list((tmp_path / "c").glob("*-w1.5-s64-*.h5"))  # --crop-widen reached the cache
 
 
 def test_strict_and_bad_targets_exit_nonzero_without_traceback(svhn_fixtures, tmp_path, capsys):
@@ -75,9 +75,9 @@ def test_h5_target_prints_stored_summary(tmp_path, capsys):
 
 
 def test_synth_writes_a_folder_the_cache_reads(tmp_path, capsys):
-    assert data("synth") == 2 and "--n" in capsys.readouterr().err
+    assert data("synth") == 2 and "--photos" in capsys.readouterr().err
     out = tmp_path / "synth" / "train"
-    assert data("synth", "--n", 3, "--out", out, "--seed", 1) == 0
+    assert data("synth", "--photos", 3, "--out", out, "--synth-seed", 1) == 0
     assert "wrote 3 synthetic photos" in capsys.readouterr().out
     assert data(out, "--cache-dir", tmp_path / "c") == 0
     assert "3 in digitStruct.mat: 3 usable, 0 skipped" in capsys.readouterr().out

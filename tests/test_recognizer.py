@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
-pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
+pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
 
 from transcribe import crops, ctc, recognizer, svhn  # noqa: E402
 from transcribe.studies import baseline  # noqa: E402
@@ -79,5 +79,5 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rapidocr" else real(name, *a))
-    with pytest.raises(SystemExit, match=r"pip install 'transcribe\[transfer\]'"):
+    with pytest.raises(SystemExit, match=r"pip install 'transcribe-svhn\[transfer\]'"):
         recognizer.onnx_file("ppocr-v6-small")

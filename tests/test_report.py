@@ -85,7 +85,7 @@ def test_plots_and_pr_curve(tmp_path):
 
 def test_gallery_command(svhn_fixtures, tmp_path, capsys):
     path = write_predictions(fixture_rows(svhn_fixtures, tmp_path), tmp_path / "predictions.jsonl")
-    assert main(["gallery", str(path), "--out", str(tmp_path / "out"), "--n", "3"]) == 0
+    assert main(["gallery", str(path), "--out", str(tmp_path / "out"), "--cards", "3"]) == 0
     out = capsys.readouterr().out
     assert "3 mistakes shown" in out and "1 photos could not be read" in out
     assert (tmp_path / "out" / "gallery.html").exists() and (tmp_path / "out" / "mistakes.png").exists()

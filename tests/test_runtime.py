@@ -59,7 +59,7 @@ def test_runtime_reads_whole_photos_as_the_torch_path_does(tiny_whole_run):
 
 def test_predict_with_the_model_imports_no_torch(tiny_whole_run):
     """In a fresh interpreter where torch cannot be imported at all, as after
-    `pip install transcribe[runtime]`."""
+    `pip install transcribe-svhn[runtime]`."""
     run, out, photos, records = tiny_whole_run
     code = ("import sys; sys.modules['torch'] = None\n"       # any `import torch` now raises ImportError
             "from transcribe.cli import main\n"

@@ -39,7 +39,7 @@ def test_two_workers_share_one_sqlite_study_and_best_config_trains(tiny_cache, t
     out = tmp_path / "search"
     assert main(["search", "--preset", "tiny", "--train", str(tiny_cache), "--val-fraction", "0.25",
                  "--params", "lr", "width", "dropout", "weight_decay", "--trials", "3", "--workers", "2",
-                 "--steps", "4", "--evals", "2", "--batch-size", "16", "--seed", "0", "--out", str(out)]) == 0
+                 "--steps", "4", "--evals", "2", "--batch-size", "16", "--sampler-seed", "0", "--out", str(out)]) == 0
     import optuna
     study = optuna.load_study(study_name="transcribe", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)

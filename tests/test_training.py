@@ -312,7 +312,7 @@ def test_cli_config_file_then_flags(tiny_cache, tmp_path):
     conf.write_text(json.dumps({"model": configlib.to_dict(PRESETS["tiny"]) | {"dropout": 0.3},
                                 "data": {"train": [str(tiny_cache)], "val_size": 16},
                                 "train": {"lr": 0.02, "steps": 7}}))
-    args = parser.parse_args(["--config", str(conf), "--steps", "9", "--data-seed", "5", "--seed", "3",
+    args = parser.parse_args(["--config", str(conf), "--steps", "9", "--split-seed", "5", "--train-seed", "3",
                               "--fc", "24", "--out", str(tmp_path / "x")])
     m, d, t = training.configs_from_args(args)
     assert (t.lr, t.steps, t.seed, t.out) == (0.02, 9, 3, str(tmp_path / "x"))

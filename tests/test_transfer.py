@@ -50,8 +50,8 @@ def test_fold_summary_reports_mean_and_spread():
 
 @pytest.mark.slow
 def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path, capsys):
-    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
-    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
     from transcribe import cli, predictions, svhn
     folder = tmp_path / "train"
     folder.mkdir()

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="the 'whole' extra is not installed")
 
 def test_evaluate_without_boxes_writes_the_usual_file_with_both_boxes(tiny_whole_run, capsys):
     run, out, photos, records = tiny_whole_run
-    assert main(["evaluate", str(run), "--split", "val", "--no-boxes", "--n", "3"]) == 0
+    assert main(["evaluate", str(run), "--split", "val", "--no-boxes", "--cards", "3"]) == 0
     said = capsys.readouterr().out
     assert "no boxes given" in said and "localization IoU >= 0.5" in said and "sequence accuracy" in said
     folder = run / "eval" / "val-noboxes"

@@ -20,6 +20,8 @@ import sys
 
 from transcribe import config as C
 
+DISTRIBUTION = "transcribe-svhn"  # the name on PyPI (`transcribe` is taken); the import name is transcribe
+
 # command -> (module that owns it, one-line help). Order is the order of a user's path.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transcribe.datacli", "download SVHN / build a preprocessed cache from a format-1 folder"),
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n`transcribe COMMAND --help` describes a command.",
     )
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("--version", action="store_true", help="print the installed version and exit")
+    if argv[:1] == ["--version"]:
+        print(f"transcribe {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv[:1] or ["--help"])  # prints help or a clear 'invalid choice' error
         return 2
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(name)(sub)
     args = sub.parse_args(rest)
     module, run = COMMANDS[name][0], f"run_{fn}"
-    if name == "evaluate" and args.no_boxes:  # whole photos: localize, then read (whole.py reads evaluation.py)
+    if name == "evaluate" and not args.boxes:  # whole photos: localize, then read (whole.py reads evaluation.py)
         module, run = "transcribe.whole", "run_evaluate_without_boxes"
     try:
         result = getattr(importlib.import_module(module), run)(args)
@@ -74,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transcribe {name}: error: {err}", file=sys.stderr)
         return 1
     return int(result or 0)
+
+
+def version() -> str:
+    """The installed distribution's version (importlib.metadata), or why there is none."""
+    from importlib import metadata
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return f"unknown ({DISTRIBUTION} is not installed: pip install -e .)"
 
 
 def add_arguments(name: str):
@@ -93,9 +108,9 @@ def _is_user_error(err: BaseException) -> bool:
 
 DATA_FORMS = """    transcribe data svhn [--root data/svhn] [--splits train test extra]
         download + extract the official archives (fetch.fetch_svhn), then cache each split
-    transcribe data synth --n N [--out data/synth/train] [--seed S]
+    transcribe data synth --photos N [--out data/synth/train] [--synth-seed S]
         write N synthetic house-number photos in format 1 (synth.generate)
-    transcribe data FOLDER [--widen 1.3] [--val-fraction 0.1] [--strict]
+    transcribe data FOLDER [--crop-widen 1.3] [--val-fraction 0.1] [--strict]
         build (or reuse) the cache of a format-1 folder and print what is in it:
         counts, length histogram, validation split sizes, what was skipped and why
     transcribe data CACHE.h5
@@ -113,33 +128,41 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     svhn_group.add_argument("--splits", nargs="+", default=list(C.SVHN_SPLITS), choices=C.SVHN_SPLITS,
                             help="which archives to fetch and cache (default: %(default)s; extra is 202,353 photos)")
     synth_group = parser.add_argument_group("synth")
-    synth_group.add_argument("--n", type=int, default=None, help="number of photos to generate (required)")
+    synth_group.add_argument("--photos", type=int, default=None, metavar="N",
+                             help="number of photos to generate (required)")
+    synth_group.add_argument("--synth-seed", type=int, default=0,
+                             help="seed of the generator (default: %(default)s)")
     synth_group.add_argument("--out", default=C.DEFAULT_SYNTH_OUT, help="format-1 folder to write (default: %(default)s)")
     cache_group = parser.add_argument_group("cache")
-    cache_group.add_argument("--strict", action="store_true", help="any problem in the data is an error")
+    cache_group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
+                             help="any problem in the data is an error (default: off: skip and count it)")
     cache_group.add_argument("--workers", type=int, default=None,
                              help=f"processes decoding photos (default: {C.CACHE_WORKERS} for splits of {C.PARALLEL_FROM:,}+ photos, else 0)")
-    # --widen, --size, --val-fraction, --val-size, --seed, --cache-dir come from DataConfig,
-    # so the defaults printed here are the ones training uses. For synth, --seed seeds the generator.
-    C.add_dataclass_arguments(parser, C.DataConfig, skip=("train", "crop", "train_size"))
+    # --crop-widen, --size, --val-fraction, --val-size, --split-seed, --cache-dir come from
+    # DataConfig, so the defaults printed here are the ones training uses.
+    C.add_dataclass_arguments(parser, C.DataConfig, skip=("train", "crop", "train_size", "mix", "mix_size"))
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.json",
                         help='start from {"model": ..., "data": ..., "train": ...} (e.g. the best '
                              'configuration a search wrote); flags given here override it')
-    parser.epilog = ("Model flags override single fields of the --preset model (their defaults shown are "
-                     "ModelConfig's). Training resumes when --out holds ckpt-last.pt; its stored settings "
-                     "are then the defaults.")
+    parser.epilog = (f"--preset chooses the model ({', '.join(C.PRESETS)}; default {C.DEFAULT_PRESET}); the "
+                     f"ModelConfig flags override single fields of it, and the defaults they show are the "
+                     f"{C.DEFAULT_PRESET} preset's. Training resumes when --out holds ckpt-last.pt; its stored "
+                     f"settings are then the defaults.")
     model_clash, data_clash = C.flag_collisions()
     C.add_dataclass_arguments(parser, C.TrainConfig)
-    C.add_dataclass_arguments(parser, C.ModelConfig, skip=tuple(model_clash))
+    # One group per configuration; a field whose name clashes gets a 'model_'/'data_' destination.
+    group = C.add_dataclass_arguments(parser, C.ModelConfig, skip=tuple(model_clash),
+                                      shown=C.PRESETS[C.DEFAULT_PRESET], shown_as=f"{C.DEFAULT_PRESET} preset")
     if model_clash:
-        C.add_dataclass_arguments(parser, C.ModelConfig, prefix="model_", skip=tuple(
-            f.name for f in dataclasses.fields(C.ModelConfig) if f.name not in model_clash))
-    C.add_dataclass_arguments(parser, C.DataConfig, skip=tuple(data_clash))
+        C.add_dataclass_arguments(parser, C.ModelConfig, prefix="model_", group=group, skip=tuple(
+            f.name for f in dataclasses.fields(C.ModelConfig) if f.name not in model_clash),
+            shown=C.PRESETS[C.DEFAULT_PRESET], shown_as=f"{C.DEFAULT_PRESET} preset")
+    group = C.add_dataclass_arguments(parser, C.DataConfig, skip=tuple(data_clash))
     if data_clash:
-        C.add_dataclass_arguments(parser, C.DataConfig, prefix="data_", skip=tuple(
+        C.add_dataclass_arguments(parser, C.DataConfig, prefix="data_", group=group, skip=tuple(
             f.name for f in dataclasses.fields(C.DataConfig) if f.name not in data_clash))
 
 
@@ -153,19 +176,21 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=C.TARGET,
                         help=f"accuracy the accepted transcriptions must reach (default: {C.TARGET}, human level)")
     parser.add_argument("--checkpoint", choices=C.CHECKPOINTS, default="best", help="which checkpoint (default: best)")
-    parser.add_argument("--n", type=int, default=C.GALLERY_N, help=f"photos per gallery section (default: {C.GALLERY_N})")
-    parser.add_argument("--no-boxes", action="store_true",
-                        help="ignore the given boxes: find the number in each whole photo, then read it; "
-                             "writes RUN/eval/<split>-noboxes (whole.py)")
+    parser.add_argument("--cards", type=int, default=C.GALLERY_N, help=f"photos per gallery section (default: {C.GALLERY_N})")
+    parser.add_argument("--boxes", action=argparse.BooleanOptionalAction, default=True,
+                        help="read the number in the split's given boxes (default); --no-boxes ignores them: "
+                             "find the number in each whole photo, then read it; writes "
+                             "RUN/eval/<split>-noboxes (whole.py)")
     parser.add_argument("--limit", type=int, default=0, help="with --no-boxes: the first LIMIT photos only (0: all)")
+    C.add_device_argument(parser)
 
 
 def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("predictions", type=pathlib.Path, help="a predictions.jsonl file (any split, any system)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="folder for gallery.html and mistakes.png (default: beside the predictions file)")
-    parser.add_argument("--n", type=int, default=C.GALLERY_N, help=f"photos per section (default: {C.GALLERY_N})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random sample (default: 0)")
+    parser.add_argument("--cards", type=int, default=C.GALLERY_N, help=f"photos per section (default: {C.GALLERY_N})")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample (default: 0)")
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,15 +215,13 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {C.DEFAULT_RUN})")
     reader.add_argument("--model", type=pathlib.Path, default=None, metavar="MODEL.onnx",
                         help="read with files from `transcribe export` instead of --run: no torch needed "
-                             "(pip install 'transcribe[runtime]'; runtime.py)")
+                             "(pip install 'transcribe-svhn[runtime]'; runtime.py)")
     parser.add_argument("--top-k", type=int, default=0, metavar="K",
                         help="also list the K most probable transcriptions with their log P(S|X) (default: 0)")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output format (default: csv)")
     parser.add_argument("--out", type=pathlib.Path, default=None, metavar="FILE",
                         help="write the records to FILE (atomically) instead of stdout")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where a --run ConvNet reads (default: auto = cuda when available); transfer "
-                             "runs and --model read on the CPU")
+    C.add_device_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64,
                         help="crops per forward pass (memory only; the answers do not depend on it; default: 64)")
 
@@ -206,12 +229,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     C.add_dataclass_arguments(parser, C.TransferConfig)
     parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
-    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only)")
+    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only; default: 5)")
     parser.add_argument("--out", required=True, help="run folder to write")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch and onnxruntime CPU threads (default: %(default)s)")
     parser.add_argument("--cache-dir", default="data/cache/transfer",
                         help="where the stem features of the views are cached ('' = no cache)")
+    C.add_device_argument(parser)  # the neck and head; the frozen stem runs in onnxruntime on the CPU
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,9 @@ CHECKPOINTS = ("best", "last")  # RUN/ckpt-<name>.pt, the --checkpoint choices
 EXPORT_FORMATS = ("onnx", "torchscript")  # `transcribe export --format`
 DEFAULT_RUN = "runs/svhn"       # the Makefile's RUN: where `transcribe predict` looks by default
 GALLERY_N = 200                 # photos per gallery section at most (4 pages of 50; a page holds them all)
+# `--device`, one behaviour wherever a network runs (runs.resolve_device): auto = cuda if available.
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "where the network runs: auto (cuda if available, else cpu), cpu or cuda"
 # `transcribe data`
 SVHN_SPLITS = ("train", "test", "extra")  # the official format-1 archives
 DEFAULT_SVHN_ROOT = "data/svhn"
@@ -107,6 +110,23 @@ class ModelConfig:
         return N_DIGIT_CLASSES + (1 if self.head == "blank" else 0)
 
 
+# Named model configurations (`--preset`); model.py builds the network from them.
+PRESETS: dict[str, ModelConfig] = {
+    # Goodfellow et al. 2014 sec. 5.1: eight 5x5 conv layers (48..192), maxout first layer,
+    # 2x2 pools alternating stride 2/1, two FC layers of 3072, dropout everywhere.
+    "goodfellow": ModelConfig(),
+    # Trains on 2 CPU cores: the paper's eight layers and stride pattern with 3x3 kernels, no
+    # maxout (it cost 30% of the speed for the same parameters), one FC layer of 768. ~4.0M
+    # parameters, 1.24 GFLOP per training image: ~140 img/s on 2 quiet cores (see `transcribe bench`).
+    "cpu": ModelConfig(widths=(48, 64, 128, 160, 192, 192, 192, 192), kernel=3,
+                       pool_strides=(2, 1, 2, 1, 2, 1, 2, 1), maxout_first=False, fc=(768,), dropout=0.1),
+    # For tests: milliseconds per step, ~30k parameters.
+    "tiny": ModelConfig(widths=(8, 16, 16), kernel=3, pool_strides=(2, 2, 2), maxout_first=True,
+                        maxout_pieces=2, fc=(32,), dropout=0.0),
+}
+DEFAULT_PRESET = "cpu"  # `transcribe train`'s default: it trains on 2 CPU cores
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     # What a cache's crops depend on (its file name and stored attributes record both).
@@ -121,7 +141,7 @@ class DataConfig:
     # Validation is held out of that pool, deterministically from `seed`.
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the pool held out for validation"})
     val_size: int = field(default=0, metadata={"help": "if > 0, hold out exactly this many (full SVHN: 6000 from train+extra) instead of the fraction"})
-    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split", "flag_name": "split_seed"})
     # Learning curves (DL book ch. 11): train on the first train_size of one seeded order of the
     # training side; the validation side is unchanged and smaller sizes are subsets of larger ones.
     train_size: int = field(default=0, metadata={"help": "if > 0, train on only this many photos of the training side"})
@@ -130,7 +150,8 @@ class DataConfig:
     mix: tuple[str, ...] = field(default=(), metadata={"help": "format-1 folders or .h5 caches added to the training side only (never to validation)"})
     mix_size: int = field(default=0, metadata={"help": "if > 0, add only this many (seeded choice) of the --mix photos"})
     # Crops (Goodfellow et al. 2014, sec. 5.1).
-    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre"})
+    widen: float = field(default=WIDEN, metadata={"help": "scale of the number box about its centre",
+                                                  "flag_name": "crop_widen"})
     size: int = field(default=CACHE_SIZE, metadata={"help": "side of the cached crop, pixels"})
     crop: int = field(default=INPUT_SIZE, metadata={"help": "side of the random (train) / centre (eval) crop fed to the network"})
     cache_dir: str = field(default="data/cache", metadata={"help": "where the .h5 caches are written"})
@@ -144,7 +165,8 @@ class DataConfig:
 class TrainConfig:
     # where and what
     out: str = _f("runs/train", "run folder; training resumes if it holds ckpt-last.pt")
-    preset: str = _f("cpu", "model preset from model.PRESETS, before model flag overrides")
+    preset: str = _f(DEFAULT_PRESET, "model preset; the model flags below override single fields of it",
+                     choices=tuple(PRESETS))
     init: str = _f("", "checkpoint whose weights start a new run (e.g. synthetic pretraining)")
     # optimisation
     steps: int = _f(3000, "optimizer steps in total")
@@ -170,10 +192,11 @@ class TrainConfig:
                           "sequence accuracy (0 = never)")
     max_seconds: float = _f(0.0, "wall-clock budget in seconds including resumed time (0 = none)")
     # reproducibility and hardware
-    seed: int = _f(0, "seed of weights, batch order, crops and dropout")
+    seed: int = _f(0, "seed of the training run: initial weights, batch order, crops and dropout",
+                   flag_name="train_seed")
     deterministic: bool = _f(False, "deterministic algorithms (and 1 thread unless --threads)")
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
-    device: str = _f("auto", "auto (cuda if present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = _f("auto", DEVICE_HELP, choices=DEVICES)
     compile: bool = _f(False, "torch.compile the model (CUDA)")
     # auto by default: on the demo, bf16 reached float32's accuracy at the same steps and seed
     # (92.05% vs 92.00% validation, 948 steps) in 58% of the time (README, issue 14).
@@ -210,7 +233,7 @@ class TransferConfig:
     stretch: float = dataclasses.field(default=1.5, metadata={
         "help": "crops resized to height 48 and this many times their aspect ratio in width"})
     widen: float = dataclasses.field(default=1.0, metadata={
-        "help": "evaluation crop: the union of the digit boxes widened by this factor"})
+        "help": "evaluation crop: the union of the digit boxes widened by this factor", "flag_name": "crop_widen"})
     min_width: int = dataclasses.field(default=REC_MIN_WIDTH, metadata={
         "help": "inputs right-padded to at least this width (RapidOCR: 320)"})
     views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
@@ -224,7 +247,8 @@ class TransferConfig:
         "help": "output layer on the neck: ctc (digits-only CTC, initialized from the recognizer) or "
                 "sequence (the paper's length softmax + 5 digit softmaxes, trained from scratch)",
         "choices": ("ctc", "sequence")})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of folds, views and training"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the folds, the views and training",
+                                                       "flag_name": "train_seed"})
 
 
 
@@ -241,22 +265,23 @@ def _field_type(cls: type, field: dataclasses.Field) -> Any:
     return hints[field.name]
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """`--device`, spelled and resolved the same by every command that runs a network."""
+    parser.add_argument("--device", choices=DEVICES, default=default, help=f"{DEVICE_HELP} (default: {default})")
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                            skip: tuple[str, ...] = ()) -> None:
-    """Add one `--flag` per field of dataclass `cls`, default None (= keep the field's default).
+                            skip: tuple[str, ...] = (), group: Any = None, shown: Any = None,
+                            shown_as: str = "default") -> Any:
+    """Add one flag per field of dataclass `cls`, default None (= keep the field's default).
 
-    Help text comes from `metadata={"help": ...}` on the field. Tuples take several values.
+    The flag is `--field-name`, or `--<metadata flag_name>` where the field's name would be
+    ambiguous on the command line (`seed` -> `--split-seed`, `widen` -> `--crop-widen`); the
+    destination stays `prefix + field name`. Help text comes from `metadata={"help": ...}`;
+    the default printed is `shown`'s value (an instance of `cls`, e.g. the default preset) or
+    the field's. Tuples take several values; booleans are `--x/--no-x`. Returns the group.
     """
-    group = parser.add_argument_group(cls.__name__)
+    group = group or parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init or not f.metadata.get("flag", True):
             continue
@@ -265,14 +290,17 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
         args = typing.get_args(typ)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if shown is not None:
+            default = getattr(shown, f.name)
+        if isinstance(default, tuple) or default == "":
+            default = " ".join(map(str, default)) or "none"
         kwargs: dict[str, Any] = {"default": None, "dest": prefix + f.name,
-                                  "help": f"{f.metadata.get('help', '')} (default: {default})".strip()}
+                                  "help": f"{f.metadata.get('help', '')} ({shown_as}: {default})".strip()}
         if origin is tuple:
             kwargs["nargs"] = "+"
             kwargs["type"] = args[0] if args and args[0] is not Ellipsis else str
         elif typ is bool:
-            kwargs["type"] = _parse_bool
-            kwargs["metavar"] = "BOOL"
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
             inner = [a for a in args if a is not type(None)]
             kwargs["type"] = inner[0] if inner else str
@@ -280,9 +308,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
             kwargs["type"] = typ
         else:
             kwargs["type"] = str
+        name = f.metadata.get("flag_name", prefix + f.name)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        group.add_argument("--" + (prefix + f.name).replace("_", "-"), **kwargs)
+        elif typ is not bool:
+            kwargs["metavar"] = name.upper()
+        group.add_argument("--" + name.replace("_", "-"), **kwargs)
+    return group
 
 
 def from_args(cls: type[T], args: argparse.Namespace, base: T | None = None, prefix: str = "") -> T:

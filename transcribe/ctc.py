@@ -43,11 +43,13 @@ class Reading:
 def log_likelihood(log_probs: torch.Tensor, texts: list[str], input_lengths: torch.Tensor | None = None) -> torch.Tensor:
     """log P(S = text | X) for each item. log_probs: (B, T, C), class k+1 = digit k. -> (B,)"""
     B, T, _ = log_probs.shape
-    targets = [torch.tensor([int(c) + 1 for c in t], dtype=torch.long) for t in texts]
-    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    flat = torch.cat(targets) if targets and target_lengths.sum() > 0 else torch.zeros(0, dtype=torch.long)
+    dev = log_probs.device  # targets on the same device (long targets: the native, not cuDNN, kernel)
+    targets = [torch.tensor([int(c) + 1 for c in t], dtype=torch.long, device=dev) for t in texts]
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
+    flat = (torch.cat(targets) if targets and target_lengths.sum() > 0
+            else torch.zeros(0, dtype=torch.long, device=dev))
     if input_lengths is None:
-        input_lengths = torch.full((B,), T, dtype=torch.long)
+        input_lengths = torch.full((B,), T, dtype=torch.long, device=dev)
     nll = F.ctc_loss(log_probs.float().transpose(0, 1), flat, input_lengths, target_lengths,
                      blank=BLANK, reduction="none", zero_infinity=False)
     return -nll

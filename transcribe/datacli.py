@@ -52,13 +52,13 @@ def _run_svhn(args: argparse.Namespace) -> int:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    if args.n is None or args.n <= 0:
-        print("error: transcribe data synth needs --n N (a positive number of photos)", file=sys.stderr)
+    if args.photos is None or args.photos <= 0:
+        print("error: transcribe data synth needs --photos N (a positive number of photos)", file=sys.stderr)
         return 2
-    seed = args.seed if args.seed is not None else 0
+    seed = args.synth_seed
     start = time.perf_counter()
-    synth.generate(args.out, args.n, seed, progress=True)
-    print(f"wrote {args.n:,} synthetic photos to {args.out} (seed {seed}) in {time.perf_counter() - start:.1f} s")
+    synth.generate(args.out, args.photos, seed, progress=True)
+    print(f"wrote {args.photos:,} synthetic photos to {args.out} (seed {seed}) in {time.perf_counter() - start:.1f} s")
     print(f"cache them with: transcribe data {args.out}")
     return 0
 
@@ -110,7 +110,7 @@ def _print_summary(s: dict, path: Path, cfg: DataConfig, reused: bool, seconds: 
     try:
         k = validation_size(s["usable"], cfg)
         how = f"val_size {cfg.val_size}" if cfg.val_size > 0 else f"val_fraction {cfg.val_fraction:g}"
-        out(f"validation {s['usable'] - k:,} train / {k:,} val  ({how}, seed {cfg.seed}; used when this "
+        out(f"validation {s['usable'] - k:,} train / {k:,} val  ({how}, split seed {cfg.seed}; used when this "
             f"folder alone is the training set)")
     except ValueError as e:
         out(f"validation none: {e}")

@@ -122,7 +122,7 @@ def _threshold_matches(saved: dict | None, ckpt: dict, checkpoint: str, target: 
 
 
 def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkpoint: str = "best",
-             gallery_n: int = 50, say=print) -> dict[str, Any]:
+             gallery_n: int = 50, say=print, device: str = "cpu") -> dict[str, Any]:
     """Predict a split, score it, write RUN/eval/<name>/{predictions.jsonl, report.json, report.md,
     plots, gallery.html, mistakes.png}; returns {"report", "out", "gallery", "threshold"}.
 
@@ -131,12 +131,12 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     reported separately (an oracle number, never the headline).
     """
     run = Path(run)
-    model, ckpt, data_cfg = load_run(run, checkpoint)
+    model, ckpt, data_cfg = load_run(run, checkpoint, device=device)
     saved = read_threshold(run)
     if split != "val" and not _threshold_matches(saved, ckpt, checkpoint, target):
         say(f"no validation threshold for ckpt-{checkpoint}.pt (step {ckpt.get('step')}) at target "
             f"{100 * target:g}% in {run / THRESHOLD_FILE}: evaluating the validation split first")
-        evaluate(run, "val", target, checkpoint, gallery_n, say)
+        evaluate(run, "val", target, checkpoint, gallery_n, say, device)
         saved = read_threshold(run)
     name = _split_name(split) + ("" if checkpoint == "best" else f"-{checkpoint}")
     out = run / "eval" / name
@@ -209,7 +209,7 @@ def run_evaluate(args) -> int:
     if not 0 < args.target <= 1:
         raise SystemExit(f"--target must be in (0, 1], got {args.target}")
     try:
-        evaluate(args.run, args.split, args.target, args.checkpoint, args.n)
+        evaluate(args.run, args.split, args.target, args.checkpoint, args.cards, device=args.device)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"transcribe evaluate: {err}", file=sys.stderr)
         return 1

@@ -117,7 +117,7 @@ def add_labels_arguments(parser) -> None:
         where.add_argument("--db", help="database URL or SQLite file (as given to `transcribe serve --db`)")
         if name == "export":
             p.add_argument("--out", type=Path, required=True, help="new folder to write")
-            p.add_argument("--widen", type=float, default=WIDEN,
+            p.add_argument("--crop-widen", type=float, default=WIDEN,
                            help=f"the training run's box widening, for photos sent without a box "
                                 f"(default: {WIDEN})")
         else:
@@ -129,7 +129,7 @@ def add_labels_arguments(parser) -> None:
 def run_labels(args) -> int:
     url = reviews.db_url(args.db, args.run)
     if args.action == "export":
-        result = export(url, args.out, args.widen)
+        result = export(url, args.out, args.crop_widen)
         skipped = ", ".join(f"{v} {k}" for k, v in result["skipped"].items() if v) or "none"
         print(f"wrote {result['photos']} photos to {result['out']} ({result['reviewed']} reviewed; skipped: {skipped})")
         print(f"train on them: transcribe train --train {result['out']} ...  (or --mix {result['out']})")

@@ -116,7 +116,7 @@ def detector_path() -> Path:
     spec = importlib.util.find_spec("rapidocr")
     if spec is None or not spec.submodule_search_locations:
         raise PhotoError(f"the text detector {DET_MODEL} comes with the rapidocr package: "
-                         f"pip install 'transcribe[whole]' (or give --box)")
+                         f"pip install 'transcribe-svhn[whole]' (or give --box)")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / DET_MODEL
     if not path.is_file():
         raise PhotoError(f"{path}: not in the installed rapidocr package; install rapidocr 3.x "
@@ -129,7 +129,7 @@ def onnx_session(path: str | Path, threads: int = 0):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise PhotoError("onnxruntime is not installed: pip install 'transcribe[runtime]'") from None
+        raise PhotoError("onnxruntime is not installed: pip install 'transcribe-svhn[runtime]'") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
     if threads:

@@ -24,24 +24,12 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transcribe.config import ModelConfig
+from transcribe.config import PRESETS, ModelConfig  # noqa: F401 (PRESETS: model.PRESETS)
 
 HEAD_INIT_STD = 0.01    # output weights ~ N(0, (0.01)^2 / fan_in): logits ~ 1e-2, softmaxes ~ uniform
 
 
-PRESETS: dict[str, ModelConfig] = {
-    # Goodfellow et al. 2014 sec. 5.1: eight 5x5 conv layers (48..192), maxout first layer,
-    # 2x2 pools alternating stride 2/1, two FC layers of 3072, dropout everywhere.
-    "goodfellow": ModelConfig(),
-    # Trains on 2 CPU cores: the paper's eight layers and stride pattern with 3x3 kernels, no
-    # maxout (it cost 30% of the speed for the same parameters), one FC layer of 768. ~4.0M
-    # parameters, 1.24 GFLOP per training image: ~140 img/s on 2 quiet cores (see `transcribe bench`).
-    "cpu": ModelConfig(widths=(48, 64, 128, 160, 192, 192, 192, 192), kernel=3,
-                       pool_strides=(2, 1, 2, 1, 2, 1, 2, 1), maxout_first=False, fc=(768,), dropout=0.1),
-    # For tests: milliseconds per step, ~30k parameters.
-    "tiny": ModelConfig(widths=(8, 16, 16), kernel=3, pool_strides=(2, 2, 2), maxout_first=True,
-                        maxout_pieces=2, fc=(32,), dropout=0.0),
-}
+# The presets live in config.py (`transcribe train --help` lists them without importing torch).
 
 
 def _pooled_size(size: int, stride: int) -> int:

@@ -39,7 +39,6 @@ from transcribe.svhn import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 FORMATS = ("csv", "jsonl")
-DEVICES = ("auto", "cpu", "cuda")
 BATCH_SIZE = runtime.READ_BATCH   # crops per forward pass (memory only: results do not depend on it)
 BOX_COLUMNS = ("file", "left", "top", "width", "height")
 CSV_COLUMNS = ("file", "decision", "reason", "transcription", "log_p", "p", "box_left", "box_top", "box_width",
@@ -179,15 +178,6 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
     return rows, problems  # type: ignore[return-value]
 
 
-def _device(name: str):
-    import torch
-    if name not in DEVICES:
-        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def check_run(run: Path) -> str:
     """'convnet' or 'transfer'; FileNotFoundError naming the missing file and the command that makes it."""
     from transcribe import runs, transfer
@@ -210,24 +200,24 @@ def check_run(run: Path) -> str:
 
 
 def _predict_run(paths, run: Path, box, boxes, top_k: int, device: str, batch_size: int):
-    from transcribe.runs import load_run, read_threshold
+    from transcribe.runs import load_run, read_threshold, resolve_device
     kind = check_run(run)
     if kind == "transfer":
-        if device == "cuda":
-            raise ValueError("--device cuda: a transfer run reads on the CPU (its stem runs in onnxruntime)")
-        return _predict_transfer(paths, run, box, boxes, top_k, batch_size)
+        return _predict_transfer(paths, run, box, boxes, top_k, device, batch_size)
     from transcribe.whole import read_whole
     saved = read_threshold(run)
     model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"))
-    model.to(_device(device))
+    model.to(resolve_device(device))
     return read_whole(paths, model, data_cfg, saved["threshold"], box, boxes, top_k, batch_size)
 
 
-def _predict_transfer(paths, run: Path, box, boxes, top_k: int, batch_size: int):
+def _predict_transfer(paths, run: Path, box, boxes, top_k: int, device: str, batch_size: int):
     """predict() for a transfer run: its threshold was chosen on the out-of-fold predictions.
     Without a box the photo is read as an already cropped number (no localization)."""
     from transcribe import localize, transfer
+    from transcribe.runs import resolve_device
     model, cfg, threshold = transfer.load(run)
+    model.to(resolve_device(device))  # the neck and head; the frozen stem runs in onnxruntime on the CPU
     stem = transfer.rec.StemSession(model)
     wanted = boxes if boxes is not None else [None if box is None else (box, "given")] * len(paths)
     rows: list[dict | None] = [None] * len(paths)

@@ -32,7 +32,8 @@ class Reading:
 class Reader:
     """A run's model, loaded once, with its validation threshold (or `threshold` to override it)."""
 
-    def __init__(self, run: str | Path, threshold: float | None = None, checkpoint: str | None = None):
+    def __init__(self, run: str | Path, threshold: float | None = None, checkpoint: str | None = None,
+                 device: str = "cpu"):
         # Imported here, not at the top: `transcribe serve --help` must answer without torch.
         from transcribe import runs, transfer
         run = Path(run)
@@ -43,13 +44,14 @@ class Reader:
         self.transfer = (run / transfer.CHECKPOINT).is_file()  # a fine-tuned line recognizer (transfer.py)
         if self.transfer:
             self.model, self.transfer_cfg, _ = transfer.load(run)
+            self.model.to(runs.resolve_device(device))  # neck and head; the stem runs in onnxruntime
             self.stem = transfer.rec.StemSession(self.model)
             self.threshold = threshold if threshold is not None else saved["threshold"]
             self.version = {"run": run.resolve().name, "checkpoint": transfer.CHECKPOINT, "step": None,
                             "threshold": self.threshold}
             return
         checkpoint = checkpoint or (saved or {}).get("checkpoint", "best")
-        self.model, ckpt, self.data_cfg = runs.load_run(run, checkpoint)
+        self.model, ckpt, self.data_cfg = runs.load_run(run, checkpoint, device=device)
         self.threshold = threshold if threshold is not None else saved["threshold"]  # None: refer all
         self.version = {"run": run.resolve().name, "checkpoint": checkpoint, "step": ckpt.get("step"),
                         "threshold": self.threshold}

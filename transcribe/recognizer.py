@@ -57,7 +57,7 @@ SOURCES = {
     "ppocr-v4": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
 }
 assert tuple(SOURCES) == RECOGNIZERS
-INSTALL_HINT = "pip install 'transcribe[transfer]' (rapidocr, onnx, onnx2torch, onnxruntime)"
+INSTALL_HINT = "pip install 'transcribe-svhn[transfer]' (rapidocr, onnx, onnx2torch, onnxruntime)"
 
 
 def onnx_file(name: str) -> Path:

@@ -508,7 +508,7 @@ def run_threshold(predictions_file: Path) -> dict | None:
 def run_gallery(args: argparse.Namespace) -> int:
     rows = read_predictions(args.predictions)
     out = args.out or args.predictions.parent
-    result = write_gallery(rows, out, n=args.n, seed=args.seed, title=f"transcribe: {args.predictions.name}",
+    result = write_gallery(rows, out, n=args.cards, seed=args.sample_seed, title=f"transcribe: {args.predictions.name}",
                            source=str(args.predictions.resolve()), threshold=run_threshold(args.predictions))
     counts = result["counts"]
     print(f"{len(rows)} predictions: {counts['mistakes']} mistakes shown, {counts['sample']} sampled, "

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import torch
 
 from transcribe import config as configlib
-from transcribe.config import CHECKPOINTS
+from transcribe.config import CHECKPOINTS, DEVICES
 from transcribe import dataset
 from transcribe import model as modellib
 
@@ -240,8 +240,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu"):
     return model, ckpt
 
 
-def load_run(run: str | Path, checkpoint: str = "best"):
-    """(model, checkpoint dict, DataConfig) of a run folder; the data config is the checkpoint's own."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """`--device`, one behaviour for every command: auto = cuda if available, else cpu; cuda
+    without a CUDA device is an error (a clear line, not a silent fallback)."""
+    if name not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu"):
+    """(model, checkpoint dict, DataConfig) of a run folder; the data config is the checkpoint's own.
+    The model is on `device` (a `--device` value)."""
     run = Path(run)
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
@@ -250,6 +261,7 @@ def load_run(run: str | Path, checkpoint: str = "best"):
         raise FileNotFoundError(f"{path}: no such checkpoint (is {run} a run folder? it should hold "
                                 f"config.json and ckpt-best.pt / ckpt-last.pt)")
     model, ckpt = load_checkpoint(path)
+    model.to(resolve_device(device))
     data_cfg = configlib.from_dict(dataset.DataConfig, ckpt["data_config"])
     return model, ckpt, data_cfg
 

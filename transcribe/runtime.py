@@ -3,7 +3,7 @@
 `transcribe export RUN` writes model.onnx (the reader), detector.onnx (the text detector, copied
 from the rapidocr wheel) and model.json (what this module needs: crop sizes, normalization,
 head, alphabet, refusal threshold). `transcribe predict --model model.onnx photo.jpg` runs this
-module: no torch is imported (`pip install 'transcribe[runtime]'` is enough; tests/test_runtime.py
+module: no torch is imported (`pip install 'transcribe-svhn[runtime]'` is enough; tests/test_runtime.py
 checks it in a fresh interpreter). Localization is localize.py, shared with the torch path; only
 the reader differs, so both paths choose among the same candidate boxes.
 """

@@ -41,6 +41,7 @@ except ImportError as err:  # the optional extra is missing: one line naming wha
                      f"pip install -e '.[serve]'") from None
 
 from transcribe import reviews
+from transcribe.config import add_device_argument
 from transcribe.reader import BATCH_WAIT, MAX_BATCH, READ_TIMEOUT, Batcher, ModelError
 
 MAX_BYTES = 4 << 20          # 4 MiB per upload: SVHN photos are ~5-50 KB, a phone JPEG ~3 MB
@@ -367,13 +368,14 @@ def add_serve_arguments(parser) -> None:
                              "re-chosen on reviewed photos by `transcribe labels threshold`)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"upload limit (default: {MAX_BYTES})")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"photo size limit (default: {MAX_PIXELS})")
-    parser.add_argument("--batch", type=int, default=MAX_BATCH, help=f"photos per forward pass at most "
+    parser.add_argument("--batch-size", type=int, default=MAX_BATCH, help=f"photos per forward pass at most "
                                                                     f"(default: {MAX_BATCH})")
     parser.add_argument("--timeout", type=float, default=READ_TIMEOUT,
                         help=f"seconds to wait for the model before referring with an error (default: {READ_TIMEOUT})")
     parser.add_argument("--lease", type=float, default=reviews.LEASE_SECONDS,
                         help=f"seconds an operator holds a photo (default: {reviews.LEASE_SECONDS:g})")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_device_argument(parser)
 
 
 def run_serve(args) -> int:
@@ -387,10 +389,10 @@ def run_serve(args) -> int:
     token = args.token or os.environ.get(TOKEN_ENV)
     made = not token
     token = token or secrets.token_urlsafe(16)
-    reader = Reader(args.run, threshold=args.threshold)
+    reader = Reader(args.run, threshold=args.threshold, device=args.device)
     url = reviews.db_url(args.db, args.run)
     app = create_app(reader, url, token, audit_share=args.audit, max_bytes=args.max_bytes,
-                     max_pixels=args.max_pixels, max_batch=args.batch, timeout=args.timeout,
+                     max_pixels=args.max_pixels, max_batch=args.batch_size, timeout=args.timeout,
                      lease_seconds=args.lease)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {reader.version_text} at {where}  (operator page {where}/review, status {where}/status)")

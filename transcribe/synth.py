@@ -649,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", metavar="FOLDER", help="real format-1 photos named in CSV, for photo-size statistics")
     parser.add_argument("--stats-out", default=str(STATS_PATH), help="where to write the statistics JSON")
     parser.add_argument("--out", help="generate synthetic photos into this folder")
-    parser.add_argument("--n", type=int, default=100, help="how many photos to generate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--photos", type=int, default=100, help="how many photos to generate")
+    parser.add_argument("--synth-seed", type=int, default=0, help="seed of the generator")
     args = parser.parse_args(argv)
     if args.derive_stats:
         try:
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.stats_out, json.dumps(stats, indent=1) + "\n")
         print(f"wrote {args.stats_out}: {stats['n_images']} numbers, lengths {stats['length_counts']}")
     if args.out:
-        generate(args.out, args.n, args.seed, progress=True)
+        generate(args.out, args.photos, args.synth_seed, progress=True)
     if not (args.derive_stats or args.out):
         parser.print_help()
     return 0

@@ -62,7 +62,8 @@ from transcribe.cli import add_train_arguments
 from transcribe.config import MAX_DIGITS, RESUMABLE_CHANGES, TrainConfig
 from transcribe.progress import Progress
 from transcribe.runs import (CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, COMMIT_FILE, CONFIG_FILE, append_metrics,
-                             LOCK_FILE, atomic_write, git_commit, lock_run, read_checkpoint, read_config, save_checkpoint, save_json, truncate_metrics)
+                             LOCK_FILE, atomic_write, git_commit, lock_run, read_checkpoint, read_config, resolve_device,
+                             save_checkpoint, save_json, truncate_metrics)
 
 EVAL_BATCH = 256          # images per forward pass during evaluation (memory, not results)
 PROGRESS_POSTFIX_EVERY = 20  # steps between progress-bar loss updates (.item() syncs a GPU)
@@ -302,9 +303,7 @@ class Processes:
 def start_processes(cfg: TrainConfig) -> Processes:
     """One process, or one of WORLD_SIZE under torchrun (DDP: gloo on CPU, nccl on CUDA)."""
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+    want_cuda = resolve_device(cfg.device).type == "cuda"  # --device as every command reads it
     if ddp:
         rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         if want_cuda:

@@ -202,7 +202,7 @@ def nll(model: rec.LineRecognizer, feats: torch.Tensor, texts: list[str], cfg: T
     """-log P(S|X), averaged over the batch, under either head."""
     out = model.from_stem(feats)
     if cfg.head == "sequence":
-        return sequence.loss(*out, *labels(texts))
+        return sequence.loss(*out, *(t.to(feats.device) for t in labels(texts)))
     return -ctc.log_likelihood(out, texts).mean()
 
 
@@ -215,10 +215,11 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
     the sequence head; ctc.decode_top_k, the beam's survivors rescored exactly, for CTC)."""
     model.eval()
     rows: dict[int, dict] = {}
+    device = next(model.parameters()).device  # `--device`: features move there, decoding reads CPU copies
     with torch.no_grad():
         for b in batches_by_width(idx, feats, 64, None):
             if isinstance(model.head, SequenceHead):
-                logits = model.from_stem(stack(feats, b))
+                logits = model.from_stem(stack(feats, b).to(device))
                 dec = sequence.decode(*logits)
                 for i, text, logp, adhoc in zip(b, dec.texts(), dec.logp.tolist(), dec.adhoc_logp.tolist()):
                     rows[i] = {"image": photos[i].path, "file": Path(photos[i].path).name, "truth": photos[i].text,
@@ -228,7 +229,7 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
                     for i, alts in zip(b, sequence.top_k(*logits, top_k)):
                         rows[i]["alternatives"] = [[t, lp] for t, lp in alts]
                 continue
-            log_probs = model.from_stem(stack(feats, b))
+            log_probs = model.from_stem(stack(feats, b).to(device)).float().cpu()
             best = log_probs.argmax(-1)
             if top_k:
                 ranked = ctc.decode_top_k(log_probs, top_k, beam)
@@ -260,6 +261,7 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
                              {"params": model.head.parameters(), "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
     base = [g["lr"] for g in opt.param_groups]
+    device = next(model.parameters()).device
     steps = cfg.epochs * math.ceil(len(idx) / cfg.batch_size)
     step, start = 0, time.time()
     for epoch in range(cfg.epochs):
@@ -271,7 +273,7 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
         for b in batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng):
             for g, lr in zip(opt.param_groups, base):  # cosine decay to 0 over the run
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = nll(model, stack(chosen, b), [texts[i] for i in b], cfg)
+            loss = nll(model, stack(chosen, b).to(device), [texts[i] for i in b], cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -366,7 +368,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.train}: {len(photos)} usable photos, too few")
     print(f"transfer {cfg.recognizer}: {len(photos)} photos from {args.train} ({len(problems)} skipped), "
           f"stretch {cfg.stretch}, {cfg.views} views, {cfg.epochs} epochs, {args.folds} folds -> {out}", file=sys.stderr)
-    model = use_head(rec.LineRecognizer(cfg.recognizer), cfg)
+    # the neck and head train on `--device`; the frozen stem runs once per view in onnxruntime (CPU)
+    model = use_head(rec.LineRecognizer(cfg.recognizer), cfg).to(runs.resolve_device(args.device))
     trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("stem."))
     print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, float32; "
           f"{trainable:,} trainable parameters (the stem frozen)", file=sys.stderr)
@@ -420,7 +423,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     # The shipped model: every photo.
     model.load_state_dict(initial)
     fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}))
-    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
+    trained = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("stem.")}
     runs.atomic_write(out / CHECKPOINT, lambda f: torch.save(
         {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
          "model": trained}, f))

@@ -20,9 +20,9 @@ from transcribe import crops, localize, runtime
 # ---------------------------------------------------------------- adapter to the run code
 
 
-def _load_run(run: Path, checkpoint: str):
+def _load_run(run: Path, checkpoint: str, device: str = "cpu"):
     from transcribe import runs
-    return runs.load_run(run, checkpoint)                      # (model, ckpt, data_cfg)
+    return runs.load_run(run, checkpoint, device=device)                     # (model, ckpt, data_cfg)
 
 
 def _split(split: str, data_cfg):
@@ -76,12 +76,13 @@ def run_evaluate_without_boxes(args) -> int:
     """`transcribe evaluate RUN --split S --no-boxes` (cli.py routes the flag here)."""
     if not 0 < args.target <= 1:
         raise SystemExit(f"--target must be in (0, 1], got {args.target}")
-    evaluate_without_boxes(args.run, args.split, args.target, args.checkpoint, args.n, args.limit)
+    evaluate_without_boxes(args.run, args.split, args.target, args.checkpoint, args.cards, args.limit,
+                           device=args.device)
     return 0
 
 
 def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 0.98, checkpoint: str = "best",
-                           gallery_n: int = 50, limit: int = 0, say=print) -> dict[str, Any]:
+                           gallery_n: int = 50, limit: int = 0, say=print, device: str = "cpu") -> dict[str, Any]:
     """Ignore the given boxes: localize, read, write RUN/eval/<split>-noboxes/{predictions.jsonl,
     report.json, report.md, gallery.html}. Each row holds the predicted crop box ("box"), the true
     one ("true_box") and their number boxes' IoU. The report adds the share with IoU >= 0.5 and,
@@ -89,7 +90,7 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
     from transcribe import metrics, report
     from transcribe.runs import save_json
     run = Path(run)
-    model, ckpt, data_cfg = _load_run(run, checkpoint)
+    model, ckpt, data_cfg = _load_run(run, checkpoint, device)
     cache, name = _split(split, data_cfg)
     indices = np.arange(len(cache)) if not limit else np.arange(min(limit, len(cache)))
     out = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}") + "-noboxes")

@@ -24,7 +24,7 @@ Two decodings of the same output matrix (`--decode`):
            repeats, drop blanks. A frame whose full-set argmax is 'l' or 'I' but that puts
            its next-largest mass on '1' now reads '1'.
 
-How the defaults were chosen (`transcribe baseline --decodings-table --split train --data
+How the defaults were chosen (`transcribe baseline --decodings-table --split train --train
 /work/shared/data/svhn-sample/train --crop-widen F`: one recognizer pass per photo, every
 decoding scored; on the 1,800 training photos of the sample's split, so the validation photos
 that every system is compared on played no part in the choice; coverage = best achievable at 98%):
@@ -180,7 +180,7 @@ class RapidOCR:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise SystemExit(f"the {engine} engine needs the optional extra: pip install 'transcribe[baseline]'"
+            raise SystemExit(f"the {engine} engine needs the optional extra: pip install 'transcribe-svhn[baseline]'"
                              f" ({e})") from e
         self.name, self.stretch = engine, stretch
         self.model_path = recognizer.onnx_file(REC_MODELS[engine])  # SystemExit naming the extra if absent
@@ -292,7 +292,7 @@ def _dist_version(name: str) -> str | None:
 # ----------------------------------------------------------------------------- which photos
 
 def _train_folder(data: Path) -> Path:
-    """--data may name a split folder (holding digitStruct.mat) or a root holding train/."""
+    """--train may name a split folder (holding digitStruct.mat) or a root holding train/."""
     return data if (data / "digitStruct.mat").exists() else data / "train"
 
 
@@ -424,13 +424,14 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val",
                         help="val (the validation photos our models hold out of the training folder), train (the "
                              "rest of it), test (DATA/test) or a format-1 folder (default: val)")
-    parser.add_argument("--data", default=None,
-                        help=f"training folder, or a folder holding train/ and test/ (default: {DEFAULT_DATA})")
+    parser.add_argument("--train", default=None,
+                        help=f"the labelled training folder the val/train photos come from, or a folder holding "
+                             f"train/ and test/ (default: {DEFAULT_DATA})")
     parser.add_argument("--run", default=None,
                         help="a run folder: its config.json's data section defines the validation split")
     parser.add_argument("--out", default=None, help="output folder (default: runs/baseline/ENGINE-DECODE-wF-SPLIT)")
     parser.add_argument("--limit", type=int, default=None, help="read only the first N photos (a quick look)")
-    parser.add_argument("--decodings-table", action="store_true",
+    parser.add_argument("--decodings-table", action=argparse.BooleanOptionalAction, default=False,
                         help="rapidocr: score every --decode/--score from one pass per photo and write "
                              "OUT/decodings.md/.json instead of predictions (how the defaults were chosen)")
 
@@ -441,7 +442,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     from transcribe.runs import save_json
     cfg = from_args(BaselineConfig, args, BaselineConfig())
     engine = make_engine(cfg.engine, cfg.threads, cfg.stretch)  # SystemExit with the reason when absent
-    name, items, problems = select_photos(args.split, args.data, args.run)
+    name, items, problems = select_photos(args.split, args.train, args.run)
     if args.limit is not None:
         items = items[: args.limit]
     system = system_name(cfg)

@@ -41,7 +41,7 @@ import platform
 import time
 from pathlib import Path
 
-from transcribe.config import CACHE_SIZE, INPUT_SIZE as CROP, MAX_DIGITS
+from transcribe.config import CACHE_SIZE, INPUT_SIZE as CROP, MAX_DIGITS, add_device_argument
 
 DEFAULT_PRESETS = ("goodfellow", "cpu")
 DEFAULT_BATCHES = (32, 64)
@@ -64,27 +64,21 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0,
                         help=f"seconds per measurement (at least {MIN_CALLS} calls; default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default 2)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default cpu)")
-    parser.add_argument("--channels-last", type=_bool, default=True,
-                        metavar="BOOL", help="model and inputs in channels_last memory format (default true; "
-                                             "on 2 CPU cores ~30%% faster training than contiguous)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA runs)")
+    add_device_argument(parser)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="model and inputs in channels_last memory format (default: on; "
+                             "on 2 CPU cores ~30%% faster training than contiguous)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the model (CUDA runs; default: off)")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="float32 and/or bf16 autocast, each against its own peak (default: both)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the obvious loader (default 2)")
     parser.add_argument("--folder", default=str(SAMPLE),
                         help="format-1 folder of PNGs for the obvious loader (default: the shared 2,000-photo "
                              "sample; if missing, a few synthetic PNGs are written to a temporary folder)")
-    parser.add_argument("--skip-obvious", action="store_true", help="do not measure the obvious loader")
+    parser.add_argument("--obvious", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the obvious loader (PNG decoding in DataLoader workers; default: on)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 # ---------------------------------------------------------------- timing
@@ -360,11 +354,10 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [p for p in args.presets if p not in PRESETS]
     if unknown:
         raise SystemExit(f"transcribe bench: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("transcribe bench: --device cuda but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
+    from transcribe.runs import resolve_device
+    device = resolve_device(args.device).type  # 'cpu' or 'cuda'; --device cuda without CUDA: one line
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
 
@@ -392,7 +385,7 @@ def run_bench(args: argparse.Namespace) -> int:
         data["ours_img_s"] = _rate(ours_data, data_batch, args.seconds, args.warmup, sync)
 
     loader_for, scratch = None, None
-    if not args.skip_obvious:
+    if args.obvious:
         folder = Path(args.folder)
         if not (folder / svhn.MAT_NAME).is_file():
             print(f"bench: {folder} is not a format-1 folder; writing a few synthetic PNGs instead", flush=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS
+from transcribe.config import BLANK, INPUT_SIZE, MAX_DIGITS, PRESETS
 
 TINY_SET = 16            # photos in the tiny-set fit
 TINY_STEPS = 300         # Adam steps allowed to fit them
@@ -403,13 +403,17 @@ def _batch(data_cfg, n: int, seed: int):
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="config JSON ({model, data, train}) or a run folder; "
                                                   "default: --preset with random data")
-    parser.add_argument("--preset", default=None, help="model preset when no config is given (default: tiny)")
+    parser.add_argument("--preset", default=None, choices=tuple(PRESETS),
+                        help="model preset when no config is given (default: tiny)")
     parser.add_argument("--train", nargs="+", default=None, help="format-1 folders or .h5 caches to take the "
                                                                   "tiny set from (default: the config's data, else random)")
-    parser.add_argument("--batch", type=int, default=32, help="photos for the statistics (the tiny set is the first 16)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="photos for the statistics (the tiny set is the first 16; default: 32)")
     parser.add_argument("--tiny-steps", type=int, default=TINY_STEPS, help="Adam steps allowed to fit the tiny set")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--train-seed", type=int, default=0,
+                        help="seed of the initial weights, the random data and the fitting (default: 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (the checks run on the CPU: float64 and complex-step numpy)")
     parser.add_argument("--out", default=None, help="folder for check.json and check.md")
 
 
@@ -437,11 +441,11 @@ def run_check(args: argparse.Namespace) -> int:
         if args.train:
             data_cfg = C.from_dict(DataConfig, {**C.to_dict(data_cfg), "train": tuple(args.train)})
     make_optimizer = _optimizer_factory(cfg.get("train"))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.train_seed)
     model = build_model(model_cfg)
-    x, lengths, digits, source = _batch(data_cfg, max(args.batch, TINY_SET), args.seed)
+    x, lengths, digits, source = _batch(data_cfg, max(args.batch_size, TINY_SET), args.train_seed)
     print(f"model: {model_cfg.head} head, widths {model_cfg.widths}, fc {model_cfg.fc}; data: {source}")
-    results = check_all(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.seed)
+    results = check_all(model, x, lengths, digits, model_cfg.head, make_optimizer, args.tiny_steps, args.train_seed)
     table = format_table(results)
     print(table)
     failed = [r.name for r in results if r.status == "fail"]

@@ -271,7 +271,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                              "the refusal threshold is chosen there")
     parser.add_argument("--target", type=float, default=TARGET,
                         help=f"accuracy the threshold must reach (default: {TARGET})")
-    parser.add_argument("--n", type=int, default=GALLERY_N, help=f"disagreements shown (default: {GALLERY_N})")
+    parser.add_argument("--cards", type=int, default=GALLERY_N, help=f"disagreements shown (default: {GALLERY_N})")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
 
 
@@ -284,7 +284,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(sets) > 1:
         print("warning: the systems were run on different photos; accuracies are each on its own photos, "
               "the gallery and the pairwise counts on the photos in common", file=sys.stderr)
-    result = compare(systems, args.out, args.target, args.n)
+    result = compare(systems, args.out, args.target, args.cards)
     print(to_markdown(result["systems"], {k: result[k] for k in ("photos_in_common", "disagreements")},
                       result["right_only"], args.target))
     print(f"wrote {args.out}/compare.json, compare.md, accuracy_coverage.png, disagreements.html", file=sys.stderr)

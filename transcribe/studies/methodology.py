@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transcribe.config import TARGET
+from transcribe.config import DEVICE_HELP, DEVICES, PRESETS, TARGET
 
 ERR_FLOOR = 1e-4         # errors are floored here before taking logs (a training error of exactly 0)
 # Chance level for whole-sequence error: a predictor that ignores the photo can at best output
@@ -324,13 +324,16 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the configurations come from: a config file and/or a preset and data folders."""
     parser.add_argument("--config", default=None, metavar="FILE.json",
                         help='base {"model", "data", "train"} (a run\'s config.json or a search\'s best.json)')
-    parser.add_argument("--preset", default=None, help="model preset (default: the config's model, else tiny)")
+    parser.add_argument("--preset", default=None, choices=tuple(PRESETS),
+                        help="model preset (default: the config's model, else tiny)")
     parser.add_argument("--train", nargs="+", default=None, metavar="FOLDER",
                         help="format-1 folders or .h5 caches (default: the config's data)")
     parser.add_argument("--val-fraction", type=float, default=None, help="held out for validation (default: config's)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: config's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: config's; e.g. lr-sweep's best)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per training run")
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help=f"{DEVICE_HELP} (default: the config's, else auto)")
     parser.add_argument("--out", required=True, help="folder for the runs and the results")
 
 
@@ -365,6 +368,8 @@ def base_configs(args: argparse.Namespace):
         changes["batch_size"] = args.batch_size
     if args.threads:
         changes["threads"] = args.threads
+    if args.device:
+        changes["device"] = args.device
     if getattr(args, "lr", None) is not None:
         changes["lr"] = args.lr
     return model_cfg, data_cfg, dataclasses.replace(train_cfg, **changes)
@@ -587,8 +592,10 @@ def run_diagnose(args: argparse.Namespace) -> int:
 def add_lr_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     add_base_arguments(parser)
     parser.add_argument("--lrs", nargs="+", type=float, default=None, help="rates to try (default: the log grid)")
-    parser.add_argument("--lr-min", type=float, default=LR_GRID[0])
-    parser.add_argument("--lr-max", type=float, default=LR_GRID[1])
+    parser.add_argument("--lr-min", type=float, default=LR_GRID[0],
+                        help=f"smallest rate of the log grid (default: {LR_GRID[0]:g})")
+    parser.add_argument("--lr-max", type=float, default=LR_GRID[1],
+                        help=f"largest rate of the log grid (default: {LR_GRID[1]:g})")
     parser.add_argument("--per-decade", type=int, default=LR_GRID[2], help="grid points per decade (2 = half-decades)")
     parser.add_argument("--steps", type=int, default=300, help="the fixed training budget per rate (fig. 11.1)")
     parser.add_argument("--schedule", default="const",

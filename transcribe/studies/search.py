@@ -345,12 +345,15 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one thread each)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps per trial")
     parser.add_argument("--evals", type=int, default=5, help="evaluations per trial (each one reported to the pruner)")
-    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                        help="stops hopeless trials early: median (below the median of completed trials at "
+                             "the same step), hyperband, or none (default: median)")
     parser.add_argument("--startup", type=int, default=3, help="median pruner: trials completed before pruning starts")
     parser.add_argument("--storage", default=None, help="database URL (default sqlite:///OUT/study.db); give every "
                                                         "machine the same URL and --study-name to share a study")
     parser.add_argument("--study-name", default="transcribe", help="study to create or join")
-    parser.add_argument("--seed", type=int, default=None, help="sampler seed (worker i uses seed + i)")
+    parser.add_argument("--sampler-seed", type=int, default=None,
+                        help="seed of the sampler (worker i uses seed + i; default: none, a fresh draw)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds after which workers start no new trial")
 
 
@@ -383,7 +386,7 @@ def run_search(args: argparse.Namespace) -> int:
                         load_if_exists=True)
     workers = max(1, min(args.workers, args.trials))
     shares = [args.trials // workers + (i < args.trials % workers) for i in range(workers)]
-    seeds = [None if args.seed is None else args.seed + i for i in range(workers)]
+    seeds = [None if args.sampler_seed is None else args.sampler_seed + i for i in range(workers)]
     print(f"search: {args.sampler} over {', '.join(names)}; {args.trials} trials on {workers} worker(s), "
           f"{args.steps} steps each; study {args.study_name!r} in {storage_url}")
     t0 = time.time()
