@@ -46,3 +46,69 @@ def test_predict_without_box_finds_the_number(tiny_whole_run, capsys):
     assert given[0]["box"] == pytest.approx(list(crops.widen(crops.number_box(records[0].boxes), 1.3)), abs=0.01)
     assert main(["predict", str(photos / records[0].file), "--run", str(run)]) == 0
     assert capsys.readouterr().out.startswith(str(photos / records[0].file) + ": ")
+
+
+# ---------------------------------------------------------------- a transfer run as the reader
+
+@pytest.fixture(scope="module")
+def tiny_transfer_run(tmp_path_factory):
+    """A transfer run folder holding the off-the-shelf recognizer (the CTC digits head at step 0,
+    as `transcribe transfer` would ship it untrained), over 6 photos made of the 3 real fixtures."""
+    import shutil
+    import torch
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[whole]'")
+    from conftest import _shared
+    from transcribe import svhn, transfer
+    from transcribe.config import TransferConfig, to_dict
+    fixtures = _shared("svhn-fixtures")
+    root = tmp_path_factory.mktemp("transferrun")
+    folder, run = root / "photos", root / "run"
+    folder.mkdir()
+    run.mkdir()
+    real = svhn.read_split(fixtures / "train").records
+    records = []
+    for i in range(6):
+        src = real[i % 3]
+        shutil.copy(fixtures / "train" / src.file, folder / f"{i + 1}.png")
+        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
+    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    cfg = TransferConfig()
+    model = transfer.use_head(transfer.rec.LineRecognizer(cfg.recognizer), cfg)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
+    torch.save({"kind": "transfer", "config": to_dict(cfg), "model": weights,
+                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, run / transfer.CHECKPOINT)
+    (run / "config.json").write_text(json.dumps({"train": str(folder), "transfer": to_dict(cfg)}))
+    (run / "threshold.json").write_text(json.dumps({"threshold": -0.5, "target": 0.98, "chosen_on": "out-of-fold predictions"}))
+    return run, folder, records
+
+
+def test_evaluate_without_boxes_reads_with_a_transfer_run(tiny_transfer_run, tmp_path, monkeypatch, capsys):
+    """The line recognizer reads every candidate as it reads a known box (a strip, widened by its own
+    factor); the same reader at the given boxes is written beside, for the with-box figures."""
+    run, folder, records = tiny_transfer_run
+    monkeypatch.chdir(tmp_path)                       # the split's cache goes to ./data/cache
+    assert main(["evaluate", str(run), "--split", str(folder), "--no-boxes", "--limit", "2", "--n", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "the same reader, boxes given" in said and "with the run's threshold" in said
+    out = run / "eval" / "photos-noboxes"
+    rows, given = read_predictions(out / "predictions.jsonl"), read_predictions(out / "with-boxes.jsonl")
+    assert [r["file"] for r in rows] == [r["file"] for r in given] == ["1.png", "2.png"]
+    truth = crops.number_box(records[0].boxes)         # widen 1.0: the strip is the number's box
+    assert given[0]["box"] == pytest.approx(list(truth), abs=0.01) == rows[0]["true_box"]
+    assert rows[0]["iou"] == pytest.approx(localize.iou(rows[0]["box"], truth), abs=1e-3)
+    assert all(r["candidates"] > 1 and r["confidence"] <= 0 for r in rows)
+    loc = json.loads((out / "report.json").read_text())["localization"]
+    assert loc["reader"] == "transfer" and loc["with_boxes"]["photos"] == 2
+
+
+def test_predict_without_box_with_a_transfer_run(tiny_transfer_run, tmp_path, capsys):
+    """`transcribe predict photo --run TRANSFER_RUN` searches the photo; a photo that cannot be read
+    gets one line saying why."""
+    run, folder, records = tiny_transfer_run
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["predict", str(folder / "1.png"), str(tmp_path / "broken.png"), "--run", str(run)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(str(folder / "1.png") + ": ") and lines[1] == f"{tmp_path / 'broken.png'}: unreadable"
+    assert "not a readable image" in captured.err and "Traceback" not in captured.err

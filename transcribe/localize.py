@@ -312,11 +312,22 @@ def candidates(detections: np.ndarray, shape: tuple[int, int], widen: float) -> 
 
 
 Reader = Callable[[np.ndarray], list]  # (N, S, S, 3) uint8 crops -> N dicts with "pred" and "confidence"
+BoxReader = Callable[[np.ndarray, list], list]  # photo (H, W, 3) uint8, N number boxes -> N such dicts
 
 
-def locate(image: np.ndarray, detector: Detector, read: Reader, widen: float = WIDEN,
-           size: int = CACHE_SIZE) -> Located:
-    """Detect, crop every candidate as the cache builder would, read them all, let the reader choose.
+def crop_reader(read: Reader, widen: float = WIDEN, size: int = CACHE_SIZE) -> BoxReader:
+    """A crop reader (the ConvNet, exported or not) as a BoxReader: each number box widened by
+    `widen` and cropped to size x size exactly as the cache builder crops a known box."""
+    return lambda image, boxes: read(np.stack([crops.crop(image, crops.widen(b, widen), size) for b in boxes]))
+
+
+def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, widen: float = WIDEN,
+           size: int = CACHE_SIZE, read_boxes: BoxReader | None = None) -> Located:
+    """Detect, read every candidate box as the reader reads a known box, let the reader choose.
+
+    `read` gets crops as the cache builder makes them (crop_reader); a reader that cuts the photo
+    itself (a line recognizer reads a strip of any width: transfer.py, whole.py) is given as
+    `read_boxes` instead, and `widen` is then its own widening of a number box.
 
     The box is unknown, so the reader's transcription is marginalized over it, with the same prior
     weight for every candidate: P(S | photo) ~ sum_c P(S | X_c), where each crop X_c contributes its
@@ -331,14 +342,19 @@ def locate(image: np.ndarray, detector: Detector, read: Reader, widen: float = W
     """
     boxes, _ = detector(image)
     cands = candidates(boxes, image.shape[:2], widen)
-    crops_ = np.stack([crops.crop(image, crops.widen(b, widen), size) for b, _ in cands])
-    results = read(crops_)
-    says = [k for k, r in enumerate(results) if r["pred"] not in ("", ">5")] or list(range(len(cands)))
+    results = (read_boxes or crop_reader(read, widen, size))(image, [b for b, _ in cands])
+    best = choose(results)
+    box, source = cands[best]
+    return Located(box=box, crop_box=crops.widen(box, widen), read=results[best], source=source,
+                   candidates=len(cands), detections=len(boxes), boxes=[b for b, _ in cands])
+
+
+def choose(results: list[dict]) -> int:
+    """The candidate whose reading locate keeps: the transcription with the most probability summed
+    over the candidates, read where it is read most surely (see locate)."""
+    says = [k for k, r in enumerate(results) if r["pred"] not in ("", ">5")] or list(range(len(results)))
     mass: dict[str, float] = {}
     for k in says:
         mass[results[k]["pred"]] = mass.get(results[k]["pred"], 0.0) + math.exp(results[k]["confidence"])
     text = max(mass, key=mass.__getitem__)
-    best = max((k for k in says if results[k]["pred"] == text), key=lambda k: results[k]["confidence"])
-    box, source = cands[best]
-    return Located(box=box, crop_box=crops.widen(box, widen), read=results[best], source=source,
-                   candidates=len(cands), detections=len(boxes), boxes=[b for b, _ in cands])
+    return max((k for k in says if results[k]["pred"] == text), key=lambda k: results[k]["confidence"])

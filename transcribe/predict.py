@@ -107,7 +107,10 @@ def predict(paths: Sequence[str | Path], run: str | Path = DEFAULT_RUN, box=None
 
 def _predict_transfer(paths: Sequence[str | Path], run: Path, box=None) -> tuple[list[dict], list[str]]:
     """predict() for a transfer run: its threshold was chosen on the out-of-fold predictions.
-    Without a box the photo is read as an already cropped number (no localization yet)."""
+    Without a box the number is found in the photo first (localize.py via whole.py)."""
+    if box is None:
+        from transcribe.whole import read_whole_run
+        return read_whole_run(paths, run)
     from transcribe.reader import Reader
     reader = Reader(run)
     rows, problems, images, boxes, where = [], [], [], [], []

@@ -106,10 +106,12 @@ def decide(pred: str, confidence: float, threshold: float | None) -> str:
 
 
 def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | None, widen: float,
-                size: int, box=None) -> tuple[list[dict], list[str]]:
+                size: int, box=None, read_boxes=None) -> tuple[list[dict], list[str]]:
     """Rows (file, pred, confidence, probability, decision, box, source) for whole photos, and one
-    line per unreadable photo. With `box` the number's box is given and only widened (no search)."""
+    line per unreadable photo. With `box` the number's box is given and only widened (no search).
+    `read` reads crops; a reader that cuts the photo itself is `read_boxes` (localize.locate)."""
     from transcribe import crops
+    read_boxes = read_boxes or localize.crop_reader(read, widen, size)
     rows, problems = [], []
     for path in paths:
         try:
@@ -121,9 +123,9 @@ def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | 
             continue
         if box is not None:
             crop_box, source = crops.widen(box, widen), "given"
-            r = read(crops.crop(image, crop_box, size)[None])[0]
+            r = read_boxes(image, [box])[0]
         else:
-            loc = localize.locate(image, detector, read, widen, size)
+            loc = localize.locate(image, detector, widen=widen, read_boxes=read_boxes)
             crop_box, source, r = loc.crop_box, loc.source, loc.read
         rows.append({"file": str(path), "pred": r["pred"], "confidence": r["confidence"],
                      "probability": math.exp(r["confidence"]), "decision": decide(r["pred"], r["confidence"], threshold),
