@@ -22,7 +22,7 @@ import numpy as np
 
 from transcribe import crops, localize, runtime
 
-NO_READING = -50.0   # log P of a candidate box the reader could not cut (it lies outside the photo)
+NO_READING = runtime.NO_READING   # log P of a candidate box the reader cannot cut (outside the photo)
 
 # ---------------------------------------------------------------- adapter to the run code
 
