@@ -112,3 +112,42 @@ def test_predict_without_box_with_a_transfer_run(tiny_transfer_run, tmp_path, ca
     lines = captured.out.splitlines()
     assert lines[0].startswith(str(folder / "1.png") + ": ") and lines[1] == f"{tmp_path / 'broken.png'}: unreadable"
     assert "not a readable image" in captured.err and "Traceback" not in captured.err
+
+
+def test_transfer_export_equals_torch_and_reads_without_torch(tiny_transfer_run, tmp_path, monkeypatch):
+    """`transcribe export` of a transfer run: checked against the torch path before it is kept, and
+    `predict --model` reads whole photos with it in an interpreter where torch cannot be imported."""
+    import os
+    import subprocess
+    import sys
+    from transcribe import export
+    run, folder, records = tiny_transfer_run
+    monkeypatch.chdir(tmp_path)                       # the split's cache goes to ./data/cache
+    spec = export.export_run(run, tmp_path / "export", say=lambda *a: None)
+    assert spec["kind"] == "transfer" and spec["check"]["crops"] == 1          # 10% of 6 photos
+    assert spec["check"]["differing_transcriptions"] == 0 and spec["check"]["max_abs_logp_diff"] < export.CHECK_TOLERANCE
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"stem.onnx", "model.onnx", "detector.onnx", "model.json"}
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from transcribe.cli import main\n"
+            f"rc = main(['predict', '--model', {str(tmp_path / 'export')!r}, {str(folder / '1.png')!r}])\n"
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m]), 'torch'\n"
+            "print('rc', rc)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(folder / "1.png") + ": ") and done.stdout.splitlines()[-1] == "rc 0"
+
+
+def test_runtime_decodes_as_ctc_decode():
+    """ctcsearch.decode (numpy, the runtime's) = ctc.decode (torch): same text, same exact log P."""
+    import torch
+    from transcribe import ctc, ctcsearch
+    rng = np.random.default_rng(0)
+    for T in (1, 3, 12, 40):
+        lp = torch.log_softmax(torch.from_numpy(rng.normal(0, 2, (1, T, 11))), -1).float()
+        got, want = ctcsearch.decode(lp[0].numpy(), 8, 5), ctc.decode(lp, 8, 5)[0]
+        assert got[0] == want.text and got[1] == pytest.approx(want.logp, abs=1e-4)
+        for text in ("", "7", "11", "2024"):
+            a, b = float(ctc.log_likelihood(lp, [text])[0]), ctcsearch.log_likelihood(lp[0].numpy(), text)
+            assert a == b == -np.inf or a == pytest.approx(b, abs=1e-4)
