@@ -103,6 +103,7 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
         "run": str(run.resolve()), "checkpoint": checkpoint, "step": ckpt.get("step"),
         "localize": {"detector_source": f"rapidocr {_rapidocr_version()} wheel: rapidocr/models/{localize.DET_MODEL}",
                      "detector_sha256": _sha256(det_src), "det_min_side": localize.DET_MIN_SIDE,
+                     "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
     # Check before keeping: the graph just written against the torch model on real crops.
@@ -177,6 +178,7 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
         "run": str(run.resolve()), "source": {"recognizer": cfg.recognizer, "sha256": model.source_sha256},
         "localize": {"detector_source": f"rapidocr {_rapidocr_version()} wheel: rapidocr/models/{localize.DET_MODEL}",
                      "detector_sha256": _sha256(det_src), "det_min_side": localize.DET_MIN_SIDE,
+                     "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
     # Check before keeping: the runtime's whole path (view, stem, graph, numpy decoding) against the

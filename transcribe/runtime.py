@@ -219,6 +219,7 @@ def predict(paths: Sequence[str | Path], model: str | Path, box=None) -> tuple[l
         if reader.detector_path is None or not reader.detector_path.is_file():
             raise localize.PhotoError(f"{reader.detector_path or reader.path.parent / 'detector.onnx'}: the detector "
                                       f"is missing; export the run again, or give --box")
-        detector = localize.Detector(reader.detector_path, min_side=spec["localize"]["det_min_side"])
+        detector = localize.Detector(reader.detector_path, min_side=spec["localize"]["det_min_side"],
+                                     second_side=spec["localize"].get("det_second_side"))
     return read_photos(paths, reader, detector, spec["threshold"], spec["input"]["widen"],
                        spec["input"].get("cache_size", 0), box, read_boxes=reader.read_boxes)
