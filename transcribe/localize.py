@@ -370,8 +370,7 @@ def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, wi
     README reports), reader `runs/sample`: the box with the single highest log P(S|X_c) overlapped
     the true box (IoU >= 0.5) for 74.0% and read 45.5% right; this sum, 81.5% and 46.5%. With the
     transfer reader (runs/sample-transfer, 100 training photos, scripts/whole_rules.py) the sum
-    still wins: 88% read right against 83% for the single most probable crop; weighting the prior
-    boxes or the whole photo less moved at most one photo.
+    still wins: 88% read right against 83% for the single most probable crop.
     """
     passes = detector.passes(image) if hasattr(detector, "passes") else [detector(image)[0]]
     cands = candidates(passes, image.shape[:2], widen)
