@@ -44,6 +44,21 @@ def test_some_candidate_overlaps_the_true_box(svhn_fixtures, detector):
     assert {k for k, v in best.items() if v < 0.5} == {"test/3.png"}, best
 
 
+def test_second_pass_adds_its_own_boxes(svhn_fixtures, detector):
+    """test/2.png (48 x 182): the 160 px pass finds a tighter box than the 96 px one; its boxes join
+    the candidates once each, after the first pass's; a photo already 160 px high has one pass."""
+    image = localize.load_photo(svhn_fixtures / "test" / "2.png")
+    passes = detector.passes(image)
+    assert len(passes) == 2
+    truth = crops.number_box(svhn.read_split(svhn_fixtures / "test").records[1].boxes)
+    first = localize.candidates(passes[0], image.shape[:2], WIDEN)
+    both = localize.candidates(passes, image.shape[:2], WIDEN)
+    assert both[:len(first)] == first and len(both) > len(first)
+    assert len({tuple(round(v, 1) for v in b) for b, _ in both}) == len(both)
+    assert max(localize.iou(b, truth) for b, _ in both) > max(localize.iou(b, truth) for b, _ in first)
+    assert len(detector.passes(localize.load_photo(svhn_fixtures / "train" / "1.png"))) == 1   # 350 px high
+
+
 def test_detector_finds_nothing_in_a_blank_photo(detector):
     boxes, scores = detector(np.full((60, 120, 3), 128, np.uint8))
     assert boxes.shape == (0, 4) and len(scores) == 0

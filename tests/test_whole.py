@@ -47,3 +47,109 @@ def test_predict_without_box_finds_the_number(tiny_whole_run, capsys):
     assert main(["predict", str(photos / records[0].file), "--run", str(run)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith(str(photos / records[0].file) + ",") and ",localized (" in out[1]
+
+
+# ---------------------------------------------------------------- a transfer run as the reader
+
+@pytest.fixture(scope="module")
+def tiny_transfer_run(tmp_path_factory):
+    """A transfer run folder holding the off-the-shelf recognizer (the CTC digits head at step 0,
+    as `transcribe transfer` would ship it untrained), over 6 photos made of the 3 real fixtures."""
+    import shutil
+    import torch
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[whole]'")
+    from conftest import _shared
+    from transcribe import svhn, transfer
+    from transcribe.config import TransferConfig, to_dict
+    fixtures = _shared("svhn-fixtures")
+    root = tmp_path_factory.mktemp("transferrun")
+    folder, run = root / "photos", root / "run"
+    folder.mkdir()
+    run.mkdir()
+    real = svhn.read_split(fixtures / "train").records
+    records = []
+    for i in range(6):
+        src = real[i % 3]
+        shutil.copy(fixtures / "train" / src.file, folder / f"{i + 1}.png")
+        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
+    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    cfg = TransferConfig()
+    model = transfer.use_head(transfer.rec.LineRecognizer(cfg.recognizer), cfg)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
+    torch.save({"kind": "transfer", "config": to_dict(cfg), "model": weights,
+                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, run / transfer.CHECKPOINT)
+    (run / "config.json").write_text(json.dumps({"train": str(folder), "transfer": to_dict(cfg)}))
+    (run / "threshold.json").write_text(json.dumps({"threshold": -0.5, "target": 0.98, "chosen_on": "out-of-fold predictions"}))
+    return run, folder, records
+
+
+def test_evaluate_without_boxes_reads_with_a_transfer_run(tiny_transfer_run, tmp_path, monkeypatch, capsys):
+    """The line recognizer reads every candidate as it reads a known box (a strip, widened by its own
+    factor); the same reader at the given boxes is written beside, for the with-box figures."""
+    run, folder, records = tiny_transfer_run
+    monkeypatch.chdir(tmp_path)                       # the split's cache goes to ./data/cache
+    assert main(["evaluate", str(run), "--split", str(folder), "--no-boxes", "--limit", "2", "--cards", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "the same reader, boxes given" in said and "with the run's threshold" in said
+    out = run / "eval" / "photos-noboxes"
+    rows, given = read_predictions(out / "predictions.jsonl"), read_predictions(out / "with-boxes.jsonl")
+    assert [r["file"] for r in rows] == [r["file"] for r in given] == ["1.png", "2.png"]
+    truth = crops.number_box(records[0].boxes)         # widen 1.0: the strip is the number's box
+    assert given[0]["box"] == pytest.approx(list(truth), abs=0.01) == rows[0]["true_box"]
+    assert rows[0]["iou"] == pytest.approx(localize.iou(rows[0]["box"], truth), abs=1e-3)
+    assert all(r["candidates"] > 1 and r["confidence"] <= 0 for r in rows)
+    loc = json.loads((out / "report.json").read_text())["localization"]
+    assert loc["reader"] == "transfer" and loc["with_boxes"]["photos"] == 2
+
+
+def test_predict_without_box_with_a_transfer_run(tiny_transfer_run, tmp_path, capsys):
+    """`transcribe predict photo --run TRANSFER_RUN` searches the photo; a photo that cannot be read
+    gets one line saying why."""
+    run, folder, records = tiny_transfer_run
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["predict", str(folder / "1.png"), str(tmp_path / "broken.png"), "--run", str(run)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[1].startswith(str(folder / "1.png") + ",") and ",localized (" in lines[1]
+    assert lines[2].startswith(f"{tmp_path / 'broken.png'},unreadable,")
+    assert "not a readable image" in captured.err and "Traceback" not in captured.err
+
+
+def test_transfer_export_equals_torch_and_reads_without_torch(tiny_transfer_run, tmp_path, monkeypatch):
+    """`transcribe export` of a transfer run: checked against the torch path before it is kept, and
+    `predict --model` reads whole photos with it in an interpreter where torch cannot be imported."""
+    import os
+    import subprocess
+    import sys
+    from transcribe import export
+    run, folder, records = tiny_transfer_run
+    monkeypatch.chdir(tmp_path)                       # the split's cache goes to ./data/cache
+    spec = export.export_run(run, tmp_path / "export", say=lambda *a: None)
+    assert spec["kind"] == "transfer" and spec["check"]["crops"] == 1          # 10% of 6 photos
+    assert spec["check"]["differing_transcriptions"] == 0 and spec["check"]["max_abs_logp_diff"] < export.CHECK_TOLERANCE
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"stem.onnx", "model.onnx", "detector.onnx", "model.json"}
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from transcribe.cli import main\n"
+            f"rc = main(['predict', '--model', {str(tmp_path / 'export')!r}, {str(folder / '1.png')!r}])\n"
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m]), 'torch'\n"
+            "print('rc', rc)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].startswith(str(folder / "1.png") + ",") and done.stdout.splitlines()[-1] == "rc 0"
+
+
+def test_runtime_decodes_as_ctc_decode():
+    """ctcsearch.decode (numpy, the runtime's) = ctc.decode (torch): same text, same exact log P."""
+    import torch
+    from transcribe import ctc, ctcsearch
+    rng = np.random.default_rng(0)
+    for T in (1, 3, 12, 40):
+        lp = torch.log_softmax(torch.from_numpy(rng.normal(0, 2, (1, T, 11))), -1).float()
+        got, want = ctcsearch.decode(lp[0].numpy(), 8, 5), ctc.decode(lp, 8, 5)[0]
+        assert got[0] == want.text and got[1] == pytest.approx(want.logp, abs=1e-4)
+        for text in ("", "7", "11", "2024"):
+            a, b = float(ctc.log_likelihood(lp, [text])[0]), ctcsearch.log_likelihood(lp[0].numpy(), text)
+            assert a == b == -np.inf or a == pytest.approx(b, abs=1e-4)

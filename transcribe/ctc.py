@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import CTC_BEAM, MAX_DIGITS
+# the search itself is numpy only, shared with the torch-free runtime (runtime.py)
+from .ctcsearch import BLANK, NEG_INF, PRUNE, best_path, prefix_beam_search  # noqa: F401
 
-BLANK = 0
 BEAM = CTC_BEAM
-PRUNE = -9.0  # a class under this log-probability at a frame (~1e-4) starts no new prefix there
-NEG_INF = -np.inf
 
 
 @dataclass(frozen=True)
@@ -53,42 +52,6 @@ def log_likelihood(log_probs: torch.Tensor, texts: list[str], input_lengths: tor
     nll = F.ctc_loss(log_probs.float().transpose(0, 1), flat, input_lengths, target_lengths,
                      blank=BLANK, reduction="none", zero_infinity=False)
     return -nll
-
-
-def best_path(log_probs: np.ndarray) -> str:
-    """Argmax per frame, repeats merged, blanks dropped. log_probs: (T, C)."""
-    best = log_probs.argmax(axis=1)
-    keep = best != BLANK
-    keep[1:] &= best[1:] != best[:-1]
-    return "".join(str(int(k) - 1) for k in best[keep])
-
-
-def prefix_beam_search(log_probs: np.ndarray, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[str]:
-    """Candidate labellings of at most `max_len` digits, most probable prefixes first.
-    log_probs: (T, C) with C = 1 + number of symbols."""
-    T, C = log_probs.shape
-    # prefix -> [log P(prefix, path ends in blank), log P(prefix, path ends in its last symbol)]
-    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG_INF]}
-    for t in range(T):
-        lp = log_probs[t]
-        symbols = [c for c in range(1, C) if lp[c] > PRUNE]
-        nxt: dict[tuple[int, ...], list[float]] = {}
-        for prefix, (pb, pnb) in beams.items():
-            total = np.logaddexp(pb, pnb)
-            entry = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
-            entry[0] = np.logaddexp(entry[0], total + lp[BLANK])
-            last = prefix[-1] if prefix else None
-            if last is not None:  # the last symbol repeated in the next frame: same prefix
-                entry[1] = np.logaddexp(entry[1], pnb + lp[last])
-            if len(prefix) >= max_len:
-                continue
-            for c in symbols:
-                new = nxt.setdefault(prefix + (c,), [NEG_INF, NEG_INF])
-                # a repeated symbol needs a blank between the two: only paths ending in blank extend
-                new[1] = np.logaddexp(new[1], (pb if c == last else total) + lp[c])
-        ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(*kv[1]))
-        beams = dict(ranked[:beam])
-    return ["".join(str(c - 1) for c in prefix) for prefix in beams]
 
 
 def decode(log_probs: torch.Tensor, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[Reading]:

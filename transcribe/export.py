@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transcribe import dataset, localize, runtime
+from transcribe import crops, dataset, localize, runtime
 from transcribe.config import EXPORT_FORMATS
 from transcribe.runs import save_json
 
@@ -65,9 +65,11 @@ def _rapidocr_version() -> str | None:
 def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",), checkpoint: str = "best",
                check_limit: int = 0, say=print) -> dict:
     """Write OUT/{model.onnx, model.json, detector.onnx[, model.pt]}; returns the check's figures."""
-    from transcribe import runs
+    from transcribe import runs, whole
     run = Path(run)
     out = Path(out) if out is not None else run / "export"
+    if whole.is_transfer(run):
+        return export_transfer(run, out, formats, check_limit, say)
     model, ckpt, data_cfg = runs.load_run(run, checkpoint)
     saved = runs.read_threshold(run)
     if saved is None or saved.get("checkpoint") != checkpoint or saved.get("step") != ckpt.get("step"):
@@ -101,6 +103,7 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
         "run": str(run.resolve()), "checkpoint": checkpoint, "step": ckpt.get("step"),
         "localize": {"detector_source": f"rapidocr {_rapidocr_version()} wheel: rapidocr/models/{localize.DET_MODEL}",
                      "detector_sha256": _sha256(det_src), "det_min_side": localize.DET_MIN_SIDE,
+                     "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
     # Check before keeping: the graph just written against the torch model on real crops.
@@ -124,6 +127,106 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
     say(f"check on {check['crops']} {check['what']}: identical transcriptions "
         f"{check['crops'] - check['differing_transcriptions']}/{check['crops']}, "
         f"max |log P| difference {check['max_abs_logp_diff']:.2e}")
+    return spec
+
+
+class NeckHead(torch.nn.Module):
+    """A transfer reader after its stem: (B, 384, 1, T) stem features -> (B, T, 11) log-probabilities."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model.from_stem(features)
+
+
+def _onnx2torch_opset_lookup() -> None:
+    """onnx2torch's converted nodes (Shape, Slice...) export themselves by reading the export's opset
+    from torch.onnx.symbolic_helper, where this torch no longer keeps it (torchscript_exporter's
+    GLOBALS does): point onnx2torch's lookup there. Without it the export fails with an
+    AttributeError as soon as those nodes take their export branch."""
+    from types import SimpleNamespace
+
+    from onnx2torch.utils import common
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    if not hasattr(common.symbolic_helper, "GLOBALS"):
+        common.symbolic_helper = SimpleNamespace(GLOBALS=GLOBALS)
+
+
+def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 0, say=print) -> dict:
+    """A transfer run (transfer.py) for the runtime: OUT/stem.onnx (the recognizer's frozen stem,
+    the graph the run computed its features with), OUT/model.onnx (the fine-tuned neck and head,
+    dynamic batch and width), detector.onnx and model.json; checked on the run's validation photos
+    read at their true boxes by both paths (runtime.LineReader against transfer.transcribe_photos)."""
+    from transcribe import ctc, runs, transfer, whole
+    if "torchscript" in formats:
+        raise ValueError(f"{run}: a transfer run exports to ONNX only (its onnx2torch modules do not trace "
+                         f"to TorchScript); use --format onnx")
+    model, cfg, threshold = transfer.load(run)
+    saved = runs.read_threshold(run) or {}
+    det_src = localize.detector_path()
+    out.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write(out / "stem.onnx", model.stem_onnx)
+    net = NeckHead(model).eval()
+    _onnx2torch_opset_lookup()
+    tmp = out / "model.onnx.tmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(2, 384, 1, cfg.min_width // transfer.rec.FRAME),), str(tmp),
+                          input_names=["features"], output_names=["logp"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"features": {0: "batch", 3: "frames"}, "logp": {0: "batch", 1: "frames"}})
+    spec = {
+        "format": runtime.FORMAT, "kind": "transfer",
+        "reader": "model.onnx", "stem": "stem.onnx", "detector": "detector.onnx",
+        "input": {"widen": cfg.widen, "stretch": cfg.stretch, "height": transfer.rec.HEIGHT,
+                  "frame": transfer.rec.FRAME, "min_width": cfg.min_width,
+                  "layout": "stem: NCHW float32, BGR, pixel / 127.5 - 1, right-padded with 0; model: the stem's "
+                            "output rounded to float16",
+                  "normalization": "cut the number's box widened by `widen` (no padding), resize to height 48 "
+                                   "and ceil(48 * stretch * w / h) wide (bilinear), pad to max(min_width, width) "
+                                   "rounded up to `frame`"},
+        "outputs": {"logp": "(B, T, 11) log-probabilities per frame: blank, then digits 0..9 (CTC)"},
+        "head": "ctc", "beam": cfg.beam, "max_digits": transfer.MAX_DIGITS, "alphabet": "0123456789",
+        "threshold": threshold, "target": saved.get("target"), "threshold_chosen_on": saved.get("chosen_on"),
+        "run": str(run.resolve()), "source": {"recognizer": cfg.recognizer, "sha256": model.source_sha256},
+        "localize": {"detector_source": f"rapidocr {_rapidocr_version()} wheel: rapidocr/models/{localize.DET_MODEL}",
+                     "detector_sha256": _sha256(det_src), "det_min_side": localize.DET_MIN_SIDE,
+                     "det_second_side": localize.DET_SECOND_SIDE,
+                     "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
+    }
+    # Check before keeping: the runtime's whole path (view, stem, graph, numpy decoding) against the
+    # torch one, on the validation photos at their true boxes.
+    reader = whole.run_reader(run)
+    cache, _ = whole._split("val", reader.data_cfg)
+    n = len(cache) if not check_limit else min(check_limit, len(cache))
+    line = runtime.LineReader(out, {**spec, "reader": tmp.name}, localize.onnx_session(tmp))
+    stem = transfer.rec.StemSession(model)
+    diff, conf_diff, differ = 0.0, 0.0, 0
+    for i in range(n):
+        image = localize.load_photo(cache.path(i))
+        box = crops.widen([float(v) for v in cache.boxes[i]], 1 / reader.data_cfg.widen)
+        feats = transfer.stem_features(stem, [transfer.eval_view(transfer.photo_from(image, box, ""), cfg)], cfg)
+        with torch.no_grad():
+            lp_torch = model.from_stem(transfer.stack(feats, [0]))            # (1, T, 11)
+        got = ctc.decode(lp_torch, cfg.beam)[0]
+        lp_onnx = line.log_probs(image, [box])[0]
+        text, logp = runtime.ctcsearch.decode(lp_onnx, cfg.beam, transfer.MAX_DIGITS)
+        diff = max(diff, float(np.abs(lp_onnx - lp_torch[0].numpy()).max()))
+        conf_diff = max(conf_diff, abs(logp - got.logp))
+        differ += text != got.text
+    check = {"crops": n, "max_abs_logp_diff": diff, "max_abs_confidence_diff": conf_diff,
+             "differing_transcriptions": int(differ), "what": f"validation photos of {reader.data_cfg.train[0]} at their true boxes"}
+    if differ or diff > CHECK_TOLERANCE:
+        raise ValueError(f"{tmp}: the export differs from the torch model ({check}); not kept")
+    tmp.replace(out / "model.onnx")
+    shutil.copyfile(det_src, out / "detector.onnx.tmp")
+    (out / "detector.onnx.tmp").replace(out / "detector.onnx")
+    spec["check"] = check
+    save_json(spec, out / runtime.SPEC_NAME)
+    say(f"wrote {out / 'stem.onnx'}, {out / 'model.onnx'}, {out / 'detector.onnx'}, {out / runtime.SPEC_NAME}")
+    say(f"check on {n} {check['what']}: identical transcriptions {n - differ}/{n}, max |log P| difference "
+        f"{diff:.2e} per frame, {conf_diff:.2e} on log P(S|X)")
     return spec
 
 

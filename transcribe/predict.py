@@ -213,7 +213,10 @@ def _predict_run(paths, run: Path, box, boxes, top_k: int, device: str, batch_si
 
 def _predict_transfer(paths, run: Path, box, boxes, top_k: int, device: str, batch_size: int):
     """predict() for a transfer run: its threshold was chosen on the out-of-fold predictions.
-    Without a box the photo is read as an already cropped number (no localization)."""
+    Without a box the number is found in the photo first (localize.py via whole.py)."""
+    if box is None and boxes is None:
+        from transcribe.whole import read_whole_run
+        return read_whole_run(paths, run, device, top_k)
     from transcribe import localize, transfer
     from transcribe.runs import resolve_device
     model, cfg, threshold = transfer.load(run)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transcribe import alternatives, localize
+from transcribe import alternatives, crops, ctcsearch, localize
 
 FORMAT = "transcribe-onnx-1"   # model.json's "format": bump when the files' contract changes
 SPEC_NAME = "model.json"
@@ -49,6 +49,13 @@ class Reader:
         self.input = self.session.get_inputs()[0].name
         det = spec.get("detector")
         self.detector_path = (model.parent / det) if det else None
+        self.line = LineReader(model.parent, spec, self.session, threads) if spec.get("kind") == "transfer" else None
+
+    def read_boxes(self, image: np.ndarray, boxes) -> list[dict]:
+        """localize.BoxReader: the reader at number boxes of a photo, cut as the run cut them."""
+        if self.line is not None:
+            return self.line.read_boxes(image, boxes)
+        return localize.crop_reader(self, self.spec["input"]["widen"], self.spec["input"]["cache_size"])(image, boxes)
 
     def __call__(self, images: np.ndarray) -> list[dict]:
         inp = self.spec["input"]
@@ -58,6 +65,76 @@ class Reader:
             lp_len, lp_dig = self.session.run(None, {self.input: x})    # (B, N + 2), (B, N, C)
             out += decode(lp_len, lp_dig, self.spec["head"], top_k=self.top_k)
         return out
+
+
+class LineReader:
+    """An exported transfer reader (transfer.py): stem.onnx, the recognizer's convolutional backbone
+    as in the rapidocr wheel, and model.onnx, the fine-tuned neck and digits-only CTC head,
+    (B, 384, 1, T) -> (B, T, 11) log-probabilities; decoded by prefix beam search and rescored
+    exactly (ctcsearch.py), as ctc.decode does."""
+
+    def __init__(self, folder: Path, spec: dict, reader, threads: int = 0):
+        self.inp = spec["input"]
+        self.beam, self.max_digits = spec["beam"], spec["max_digits"]
+        stem = folder / spec["stem"]
+        if not stem.is_file():
+            raise localize.PhotoError(f"{stem}: missing; export the run again")
+        self.stem = localize.onnx_session(stem, threads)
+        self.reader = reader                                   # the session of model.onnx
+
+    def view(self, image: np.ndarray, box) -> np.ndarray | None:
+        """transfer.eval_view in numpy: the box widened, its pixels (no padding), resized to height
+        48 and `stretch` times its aspect in width; BGR, pixel / 127.5 - 1. None outside the photo."""
+        try:
+            strip = crops.strip(image, crops.widen(box, self.inp["widen"]))
+        except ValueError:
+            return None
+        h, w = strip.shape[:2]
+        height = self.inp["height"]
+        width = max(self.inp["frame"], int(math.ceil(height * self.inp["stretch"] * w / h)))
+        from PIL import Image
+        img = Image.fromarray(np.ascontiguousarray(strip)).resize((width, height), Image.BILINEAR)
+        x = np.asarray(img)[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+        return x / np.float32(127.5) - np.float32(1.0)
+
+    def log_probs(self, image: np.ndarray, boxes) -> list[np.ndarray | None]:
+        """(T, 11) log-probabilities per box (None where the box is outside the photo). Each view is
+        right-padded with 0 to max(min_width, its width), rounded up to 8, as transfer.stem_features
+        pads it alone; the stem's features are rounded to float16 as transfer.py stores them."""
+        views = [self.view(image, b) for b in boxes]
+        out: list[np.ndarray | None] = [None] * len(boxes)
+        frame = self.inp["frame"]
+        widths = {k: int(math.ceil(max(self.inp["min_width"], v.shape[-1]) / frame)) * frame
+                  for k, v in enumerate(views) if v is not None}
+        for width in sorted(set(widths.values())):
+            idx = [k for k, w in widths.items() if w == width]
+            for start in range(0, len(idx), READ_BATCH):
+                part = idx[start:start + READ_BATCH]
+                x = np.zeros((len(part), 3, self.inp["height"], width), np.float32)
+                for j, k in enumerate(part):
+                    x[j, :, :, :views[k].shape[-1]] = views[k]
+                feats = self.stem.run(None, {self.stem.get_inputs()[0].name: x})[0]
+                feats = feats.astype(np.float16).astype(np.float32)
+                lp = self.reader.run(None, {self.reader.get_inputs()[0].name: feats})[0]   # (B, T, 11)
+                for j, k in enumerate(part):
+                    out[k] = lp[j]
+        return out
+
+    def read_boxes(self, image: np.ndarray, boxes) -> list[dict]:
+        out = []
+        for lp in self.log_probs(image, boxes):
+            if lp is None:
+                out.append({"pred": "", "confidence": NO_READING, "adhoc_confidence": NO_READING})
+                continue
+            text, logp = ctcsearch.decode(lp, self.beam, self.max_digits)
+            path = lp.argmax(-1)
+            probs = [float(np.exp(lp[t, c])) for t, c in enumerate(path) if c != ctcsearch.BLANK and (t == 0 or c != path[t - 1])]
+            out.append({"pred": text, "confidence": logp,
+                        "adhoc_confidence": math.log(max(sum(probs) / len(probs), 1e-30)) if probs else NO_READING})
+        return out
+
+
+NO_READING = -50.0   # log P given to a candidate box the reader cannot cut (outside the photo)
 
 
 def prepare(images: np.ndarray, crop: int, pixel_scale: float) -> np.ndarray:
@@ -127,15 +204,18 @@ def unreadable(path, why: str, source: str | None = None) -> dict:
 
 
 def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | None, widen: float,
-                size: int, box=None, boxes: Sequence | None = None, batch_size: int = READ_BATCH
-                ) -> tuple[list[dict], list[str]]:
+                size: int, box=None, boxes: Sequence | None = None, batch_size: int = READ_BATCH,
+                read_boxes=None) -> tuple[list[dict], list[str]]:
     """Rows (file, pred, confidence, probability, decision, reason, box, source[, alternatives]) for
     whole photos, and one line per unreadable photo.
 
     Each photo's number box: `boxes[i]` (a (box, source) pair, e.g. from a --boxes file, or None),
     else `box` for every photo; a given box is only widened and read (no search), batch_size
-    crops per call of `read`. Without one the number is found in the photo (localize.locate)."""
-    from transcribe import crops
+    crops per call of `read`. Without one the number is found in the photo (localize.locate).
+    A reader that cuts the photo itself (a line recognizer) is `read_boxes`; a crop reader's
+    read_boxes is made from `read`."""
+    line = read_boxes is not None
+    read_boxes = read_boxes or localize.crop_reader(read, widen, size)
     wanted = list(boxes) if boxes is not None else [None if box is None else (box, "given")] * len(paths)
     rows: list[dict | None] = [None] * len(paths)
     problems: list[str] = []
@@ -162,11 +242,14 @@ def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | 
                                 f"widened to a {why}")
                 rows[i] = unreadable(path, problems[-1], wanted[i][1])
                 continue
+            if line:  # the line recognizer cuts its own strip around the box
+                rows[i] = _row(path, read_boxes(image, [wanted[i][0]])[0], threshold, crop_box, wanted[i][1])
+                continue
             pending.append((i, crops.crop(image, crop_box, size), crop_box))
             if len(pending) >= batch_size:
                 flush()
         else:
-            loc = localize.locate(image, detector, read, widen, size)
+            loc = localize.locate(image, detector, widen=widen, read_boxes=read_boxes)
             rows[i] = _row(path, loc.read, threshold, loc.crop_box, loc.source)
     flush()
     return rows, problems  # type: ignore[return-value]
@@ -194,6 +277,8 @@ def predict(paths: Sequence[str | Path], model: str | Path, box=None, boxes: Seq
         if reader.detector_path is None or not reader.detector_path.is_file():
             raise localize.PhotoError(f"{reader.detector_path or reader.path.parent / 'detector.onnx'}: the detector "
                                       f"is missing; export the run again, or give --box")
-        detector = localize.Detector(reader.detector_path, min_side=spec["localize"]["det_min_side"])
+        detector = localize.Detector(reader.detector_path, min_side=spec["localize"]["det_min_side"],
+                                     second_side=spec["localize"].get("det_second_side"))
     return read_photos(paths, reader, detector, spec["threshold"], spec["input"]["widen"],
-                       spec["input"]["cache_size"], box, boxes, batch_size)
+                       spec["input"].get("cache_size", 0), box, boxes, batch_size,
+                       read_boxes=reader.read_boxes if reader.line is not None else None)

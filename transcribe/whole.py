@@ -1,15 +1,20 @@
 """Whole photos with a run's torch model: `transcribe predict` without --box, and
 `transcribe evaluate RUN --no-boxes` (localize, read, score as usual).
 
-Every use of the existing run and evaluation code goes through the small adapter at the top
-(`_load_run`, `_split`, `_torch_reader`, `_finish_report`), so moving those functions to other
+Either kind of run reads: a ConvNet run (ckpt-*.pt: 54 x 54 crops of the widened box) or a transfer
+run (model.pt: the fine-tuned PP-OCRv6 line recognizer, which reads a strip of the box at any width).
+Both become a `RunReader`, whose `read_boxes(photo, number boxes)` localize.locate calls on every
+candidate box. Every use of the existing run and evaluation code goes through the small adapter at
+the top (`run_reader`, `_split`, `_torch_reader`, `_transfer_reader`, `_write_rows`), so moving those functions to other
 modules changes only these lines.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +22,53 @@ import numpy as np
 
 from transcribe import crops, localize, runtime
 
+NO_READING = runtime.NO_READING   # log P of a candidate box the reader cannot cut (outside the photo)
+
 # ---------------------------------------------------------------- adapter to the run code
 
 
-def _load_run(run: Path, checkpoint: str, device: str = "cpu"):
+@dataclass
+class RunReader:
+    """A run's reader as localize.locate uses it."""
+    kind: str                      # "convnet" or "transfer"
+    read_boxes: localize.BoxReader  # (photo, number boxes) -> rows (pred, confidence, ...)
+    widen: float                   # the reader's widening of a number box: the crop box it reads
+    size: int                      # crop side (ConvNet), 0 for a line recognizer
+    data_cfg: Any                  # the run's data configuration: which photos `--split val` means
+    step: Any                      # the checkpoint's step (None for a transfer run)
+    threshold: dict | None         # the saved refusal threshold that belongs to this reader, if any
+    parameters: Any                # for the model card: a count (ConvNet) or {total, trainable} (transfer)
+
+
+def is_transfer(run: Path) -> bool:
+    from transcribe import transfer
+    return (Path(run) / transfer.CHECKPOINT).is_file()
+
+
+def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", top_k: int = 0) -> RunReader:
+    """A ConvNet run's checkpoint, or a transfer run's model.pt, as a RunReader on `device` (a
+    --device value); with top_k its rows carry the top_k most probable alternatives."""
     from transcribe import runs
-    return runs.load_run(run, checkpoint, device=device)                     # (model, ckpt, data_cfg)
+    run = Path(run)
+    if is_transfer(run):
+        from transcribe import transfer
+        from transcribe.config import DataConfig
+        model, cfg, _ = transfer.load(run)
+        model.to(runs.resolve_device(device))  # the neck and head; the frozen stem runs in onnxruntime
+        parameters = {"total": sum(p.numel() for p in model.parameters()),
+                      "trainable": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("stem."))}
+        config = json.loads((run / "config.json").read_text())
+        # the photos the run was trained on, split as every other run's: 10% held out, seed 0
+        data_cfg = DataConfig(train=(config["train"],))
+        return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, data_cfg, None,
+                         runs.read_threshold(run), parameters)
+    model, ckpt, data_cfg = runs.load_run(run, checkpoint, device=device)
+    saved = runs.read_threshold(run)
+    if saved is not None and not (saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint):
+        saved = None
+    return RunReader("convnet", localize.crop_reader(_torch_reader(model, data_cfg, top_k), data_cfg.widen, data_cfg.size),
+                     data_cfg.widen, data_cfg.size, data_cfg, ckpt.get("step"), saved,
+                     sum(p.numel() for p in model.parameters()))
 
 
 def _split(split: str, data_cfg):
@@ -37,19 +83,37 @@ def _torch_reader(model, data_cfg, top_k: int = 0, batch_size: int | None = None
     return lambda images: evaluation.predict_images(model, images, crop=data_cfg.crop, batch_size=batch, top_k=top_k)
 
 
+def _transfer_reader(model, cfg, top_k: int = 0) -> localize.BoxReader:
+    """localize.BoxReader from a transfer run: each box cut as transfer.eval_view cuts a known box
+    (widened by cfg.widen, height 48, stretched), read by the stem (onnxruntime) and the fine-tuned
+    neck and head, decoded by prefix beam search with its exact log P(S|X) (ctc.py)."""
+    from transcribe import transfer
+    stem = transfer.rec.StemSession(model)
+
+    def read_boxes(image: np.ndarray, boxes: list) -> list[dict]:
+        photos, where = [], []
+        for k, box in enumerate(boxes):
+            try:
+                photos.append(transfer.photo_from(image, box, "candidate"))
+                where.append(k)
+            except ValueError:  # a candidate outside the photo: nothing to read
+                continue
+        out = [{"pred": "", "confidence": NO_READING, "adhoc_confidence": NO_READING} for _ in boxes]
+        for k, row in zip(where, transfer.transcribe_photos(model, cfg, photos, stem, top_k=top_k) if photos else []):
+            out[k] = {key: row[key] for key in ("pred", "confidence", "adhoc_confidence", "alternatives") if key in row}
+        return out
+    return read_boxes
+
+
 def _write_rows(rows, path):
     from transcribe import predictions
     return predictions.write_predictions(rows, path)
 
 
-def _write_card(run: Path, model) -> Path:
+def _write_card(run: Path, reader: RunReader) -> Path:
     from transcribe import card
-    return card.write_card(run, sum(p.numel() for p in model.parameters()))
-
-
-def _threshold(run: Path) -> dict | None:
-    from transcribe import runs
-    return runs.read_threshold(run)
+    write = card.write_transfer_card if reader.kind == "transfer" else card.write_card
+    return write(run, reader.parameters)
 
 
 # ---------------------------------------------------------------- predict
@@ -63,6 +127,15 @@ def read_whole(paths, model, data_cfg, threshold: float | None, box=None, boxes=
     detector = localize.Detector() if needs_search else None
     return runtime.read_photos(paths, _torch_reader(model, data_cfg, top_k, batch_size), detector, threshold,
                                data_cfg.widen, data_cfg.size, box, boxes, batch_size)
+
+
+def read_whole_run(paths, run: str | Path, device: str = "cpu", top_k: int = 0) -> tuple[list[dict], list[str]]:
+    """read_whole for any run (predict.py calls it for transfer runs): the run's reader and its
+    saved threshold (a transfer run's is chosen on its out-of-fold predictions)."""
+    reader = run_reader(run, device=device, top_k=top_k)
+    threshold = (reader.threshold or {}).get("threshold")
+    return runtime.read_photos(paths, None, localize.Detector(), threshold, reader.widen, reader.size,
+                               read_boxes=reader.read_boxes)
 
 
 # ---------------------------------------------------------------- evaluate --no-boxes
@@ -84,66 +157,69 @@ def run_evaluate_without_boxes(args) -> int:
 def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 0.98, checkpoint: str = "best",
                            gallery_n: int = 50, limit: int = 0, say=print, device: str = "cpu") -> dict[str, Any]:
     """Ignore the given boxes: localize, read, write RUN/eval/<split>-noboxes/{predictions.jsonl,
-    report.json, report.md, gallery.html}. Each row holds the predicted crop box ("box"), the true
-    one ("true_box") and their number boxes' IoU. The report adds the share with IoU >= 0.5 and,
-    beside the figures, the with-box figures of RUN/eval/<split>/report.json when that exists."""
+    with-boxes.jsonl, report.json, report.md, gallery.html}. Each row holds the predicted crop box
+    ("box"), the true one ("true_box", widened as the reader widens) and their number boxes' IoU.
+
+    The same reader also reads every photo at its given box (with-boxes.jsonl), so the report sets
+    the figures without boxes beside those of the same reader on the same photos: the gap is what
+    localization costs, whatever the reader saw in training."""
     from transcribe import metrics, report
     from transcribe.runs import save_json
     run = Path(run)
-    model, ckpt, data_cfg = _load_run(run, checkpoint, device)
-    cache, name = _split(split, data_cfg)
+    reader = run_reader(run, checkpoint, device)
+    cache, name = _split(split, reader.data_cfg)
     indices = np.arange(len(cache)) if not limit else np.arange(min(limit, len(cache)))
     out = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}") + "-noboxes")
-    detector, read = localize.Detector(), _torch_reader(model, data_cfg)
-    rows, sources, reachable = [], {}, []
+    detector = localize.Detector()
+    rows, given, sources, reachable = [], [], {}, []
     started = time.perf_counter()
     for i in indices.tolist():
         path = cache.path(i)
-        true_box = [float(v) for v in cache.boxes[i]]
         try:
             image = localize.load_photo(path)
         except localize.PhotoError as err:
             say(f"unreadable: {err}")
             continue
-        loc = localize.locate(image, detector, read, data_cfg.widen, data_cfg.size)
-        truth_box = _number_box(true_box, data_cfg.widen)
+        truth_box = _number_box([float(v) for v in cache.boxes[i]], reader.data_cfg.widen)
+        true_box = [round(float(v), 2) for v in crops.widen(truth_box, reader.widen)]
+        loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes)
         overlap = localize.iou(loc.box, truth_box)
         reachable.append(max(localize.iou(b, truth_box) for b in loc.boxes))
         sources[loc.source] = sources.get(loc.source, 0) + 1
-        rows.append({"image": str(Path(path).resolve()), "file": str(cache.files[i]), "truth": cache.text(i),
-                     **loc.read, "box": [round(float(v), 2) for v in loc.crop_box],
-                     "true_box": [round(v, 2) for v in true_box], "iou": round(overlap, 4),
-                     "source": loc.source, "candidates": loc.candidates})
+        common = {"image": str(Path(path).resolve()), "file": str(cache.files[i]), "truth": cache.text(i)}
+        rows.append({**common, **loc.read, "box": [round(float(v), 2) for v in loc.crop_box],
+                     "true_box": true_box, "iou": round(overlap, 4), "source": loc.source,
+                     "candidates": loc.candidates})
+        given.append({**common, **reader.read_boxes(image, [truth_box])[0], "box": true_box})
     seconds = time.perf_counter() - started
     if not rows:
         raise ValueError(f"{split}: no readable photos")
     _write_rows(rows, out / "predictions.jsonl")
+    _write_rows(given, out / "with-boxes.jsonl")
     rep = metrics.report(rows, target=target)
+    rep_given = metrics.report(given, target=target)
     ious = np.array([r["iou"] for r in rows])
-    saved = _threshold(run)
-    with_box_threshold = None
-    if saved is not None and saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint:
-        with_box_threshold = metrics.report(rows, threshold=saved["threshold"], target=target,
-                                            threshold_source="chosen on validation with boxes")["threshold"]
-    with_boxes = None
-    with_path = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}")) / "report.json"
-    if with_path.is_file():
-        prev = json.loads(with_path.read_text())
-        with_boxes = {"photos": prev.get("n_scored"), "sequence_accuracy": prev.get("sequence_accuracy"),
-                      "coverage": prev.get("best_at_target", {}).get("coverage"), "source": str(with_path)}
+    saved = reader.threshold
+    applied = None
+    if saved is not None and saved.get("threshold") is not None:
+        kw = dict(threshold=saved["threshold"], target=target, threshold_source=f"the run's ({saved.get('chosen_on', 'val')})")
+        applied = {"threshold": saved["threshold"], "chosen_on": saved.get("chosen_on", "val"),
+                   "no_boxes": metrics.report(rows, **kw)["threshold"], "with_boxes": metrics.report(given, **kw)["threshold"]}
+    with_boxes = {"photos": rep_given["n_scored"], "sequence_accuracy": rep_given["sequence_accuracy"],
+                  "coverage": rep_given["best_at_target"]["coverage"], "source": str(out / "with-boxes.jsonl")}
     rep["localization"] = {"iou_at_least_0.5": float((ious >= 0.5).mean()), "mean_iou": float(ious.mean()),
                            "some_candidate_iou_at_least_0.5": float((np.array(reachable) >= 0.5).mean()),
                            "chosen_from": sources, "seconds_per_photo": seconds / len(rows),
-                           "with_box_threshold_applied": with_box_threshold, "with_boxes": with_boxes}
+                           "reader": reader.kind, "run_threshold_applied": applied, "with_boxes": with_boxes}
     rep["split"] = split
-    rep["checkpoint"] = {"name": checkpoint, "step": ckpt.get("step")}
+    rep["checkpoint"] = {"name": checkpoint, "step": reader.step}
     save_json(rep, out / "report.json")
     title = f"{run.name}: {out.name} (boxes found by transcribe, not given)"
     tmp = out / "report.md.tmp"
     tmp.write_text(metrics.to_markdown(rep, title=title) + _markdown(rep["localization"], rep))
     tmp.replace(out / "report.md")
     gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out))
-    model_card = _write_card(run, model)
+    model_card = _write_card(run, reader)
     say(summary(rep, out.name))
     say(f"report: {out / 'report.md'}")
     say(f"model card: {model_card}")
@@ -164,14 +240,15 @@ def summary(rep: dict, name: str) -> str:
              f"choice could reach)",
              f"  sequence accuracy         {_pct(rep['sequence_accuracy'])}",
              f"  coverage at {_pct(rep['target'])}       {_pct(th['coverage'])} (threshold chosen on these photos)"]
-    if loc["with_box_threshold_applied"]:
-        t = loc["with_box_threshold_applied"]
-        lines.append(f"  with the with-box validation threshold: coverage {_pct(t['coverage'])}, "
-                     f"accuracy there {_pct(t['accuracy'])}")
     if loc["with_boxes"]:
         w = loc["with_boxes"]
-        lines.append(f"  with the given boxes      accuracy {_pct(w['sequence_accuracy'])}, coverage at "
-                     f"{_pct(rep['target'])} {_pct(w['coverage'])} ({w['photos']} photos)")
+        lines.append(f"  the same reader, boxes given: accuracy {_pct(w['sequence_accuracy'])}, coverage at "
+                     f"{_pct(rep['target'])} {_pct(w['coverage'])} ({w['photos']} photos, threshold chosen on them)")
+    if loc["run_threshold_applied"]:
+        t = loc["run_threshold_applied"]
+        lines.append(f"  with the run's threshold ({t['chosen_on']}): coverage {_pct(t['no_boxes']['coverage'])} "
+                     f"at accuracy {_pct(t['no_boxes']['accuracy'])} without boxes, "
+                     f"{_pct(t['with_boxes']['coverage'])} at {_pct(t['with_boxes']['accuracy'])} with")
     lines.append(f"  {loc['seconds_per_photo']:.3f} s per photo (detector + every candidate read)")
     return "\n".join(lines)
 
