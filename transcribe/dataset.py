@@ -30,10 +30,10 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from transcribe import crops, svhn
 from transcribe.config import CACHE_WORKERS, INPUT_SIZE, MAX_DIGITS, PARALLEL_FROM, CacheConfig, DataConfig
+from transcribe.progress import bar as progress_bar
 
 CACHE_VERSION = 1  # bump when the crop/caching code changes what a cache holds: old caches rebuild
 # Workers are spawned, not forked: training calls build_cache with torch (and its thread pools)
@@ -255,8 +255,8 @@ def build_cache(folder: str | Path, cfg: CacheConfig = CacheConfig(), strict: bo
             else:
                 results = map(_crop_one, tasks)
             row = 0
-            for i, (out, box, skip, note) in enumerate(tqdm(results, total=n, desc=f"caching {folder.name}",
-                                                            unit="img", disable=not progress, file=sys.stderr)):
+            for i, (out, box, skip, note) in enumerate(progress_bar(results, total=n, desc=f"caching {folder.name}",
+                                                                    unit="img", disable=not progress)):
                 if skip is not None:
                     if strict:
                         raise svhn.DataError(f"{folder / records[i].file}: {skip}")
