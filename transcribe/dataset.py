@@ -444,8 +444,31 @@ def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=
     uint8 - mean promotes to float32 in one pass into the output, which is divided in place.
     The result is the NHWC buffer seen as (B, 3, crop, crop): channels_last with no copy.
     The output equals the straightforward computation bit for bit (tests/test_dataset.py).
+    On the CPU it runs on one thread (`_one_thread`).
     """
     images = torch.as_tensor(images)
+    with _one_thread(images.device):
+        return _prepare(images, crop, train, generator, index)
+
+
+@contextlib.contextmanager
+def _one_thread(device):
+    """torch on one CPU thread inside the block. Measured on the 2-core VM shared with other jobs
+    (load average 17): prepare_batch at batch 64 ran at 171 img/s on 2 threads and 71,607 on one,
+    because each of its short parallel regions waits for a thread the OS has given to another job;
+    on an idle machine the second thread gains little on these memory-bound copies (README, "Speed")."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _prepare(images, crop: int, train: bool, generator, index):
     if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3 \
             or not 0 < crop <= images.shape[1]:
         raise ValueError(f"prepare_batch: expected (B, S, S, 3) with S >= crop={crop}, got {tuple(images.shape)}")
