@@ -13,7 +13,8 @@ of one call, robust to other jobs on a shared machine):
 - end to end, "obvious": a per-sample torch Dataset that opens each PNG of a format-1 folder
   with PIL, crops the widened number box, resizes, random-crops, through a DataLoader with
   `--workers` worker processes -> the same train step.
-It also times each data path alone. Model and inputs are channels_last (`--channels-last
+It also times each data path alone (`--data-only`: only that, ours and the obvious loader side by
+side, no peak and no network). Model and inputs are channels_last (`--channels-last
 false` for the default layout), optionally torch.compile'd (`--compile`). The end-to-end
 figures use the precision whose training step was faster.
 
