@@ -89,7 +89,8 @@ class Lines:
             text += f"/{self._size(self.total)}{sep}{self.unit} ({100 * self.n / self.total:.0f}%)"
         else:
             text += f"{sep}{self.unit}"
-        text += f" | {elapsed:.0f} s | {self._size(rate)}{sep}{self.unit}/s"
+        speed = self._size(rate) if self.unit_scale or rate >= 10 else f"{rate:.2g}"  # 0.031 trial/s, not 0
+        text += f" | {elapsed:.0f} s | {speed}{sep}{self.unit}/s"
         if self.total and rate > 0 and self.n < self.total:
             text += f" | ETA {(self.total - self.n) / rate:.0f} s"
         return text + (f" | {self.postfix}" if self.postfix else "")

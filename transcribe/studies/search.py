@@ -293,7 +293,8 @@ def watch(storage_url: str, study_name: str, total: int, stop: threading.Event) 
         running = [f"#{t.number} at step {max(t.intermediate_values, default=0)}" for t in ts
                    if t.state == optuna.trial.TrialState.RUNNING]
         values = [t.value for t in ts if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        progress.set_postfix_str(", ".join(running) + (f"; best {max(values):.1%}" if values else ""))
+        best = f"best {max(values):.1%}" if values else ""
+        progress.set_postfix_str("; ".join(part for part in (", ".join(running), best) if part))
         progress.update(done - progress.n)  # 0 too: a log still gets its line every 30 s
         if stopping:
             break
