@@ -6,7 +6,8 @@ runs the data step (`transcribe data FOLDER`: the cache build) and a bounded `tr
 (the `make train` recipe: the paper's network, train+extra, 6,000 held out, batch 128) for
 --train-seconds; and reports, as JSON and a printed table:
 
-- digitStruct.mat read time and size, per split;
+- digitStruct.mat read time and size, per split; below full scale also of a digitStruct.mat of the
+  full split's size (the split's records repeated: labels only, no photos), written and read;
 - cache build time, photos/s and size on disk, per split;
 - peak memory of each step: the largest single process (wait4's ru_maxrss, which covers the
   step's waited-for descendants) and the whole process tree, summed (sampled from /proc);
@@ -139,6 +140,21 @@ def gpu_rate(preset: str, batch: int) -> dict | None:
     return None
 
 
+def full_size_digitstruct(records: list, n: int, folder: Path) -> dict:
+    """Write a digitStruct.mat of n records (`records` repeated) and time reading it back."""
+    from transcribe import svhn
+    path = folder / f"fullsize-{n}-{svhn.MAT_NAME}"
+    start = time.perf_counter()
+    svhn.write_digitstruct(path, [records[i % len(records)] for i in range(n)])
+    written = time.perf_counter() - start
+    start = time.perf_counter()
+    got = len(svhn.read_digitstruct(path))
+    row = {"records": got, "bytes": path.stat().st_size, "write_seconds": round(written, 2),
+           "read_seconds": round(time.perf_counter() - start, 2)}
+    path.unlink()
+    return row
+
+
 def hms(seconds: float | None) -> str:
     if seconds is None:
         return "not measured"
@@ -158,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (default 2)")
     p.add_argument("--eval-limit", type=int, default=1000,
                    help="photos scored at the start and end of training (default 1000; 0: all 6,000)")
+    p.add_argument("--full-digitstruct", action=argparse.BooleanOptionalAction, default=True,
+                   help="below full scale, also time a digitStruct.mat of each split's full size (default: yes)")
     p.add_argument("--delete-photos", action="store_true", help="delete the synthetic photos at the end (keeps caches)")
     args = p.parse_args(argv)
     if not 0 < args.scale <= 1:
@@ -174,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     val_size = max(1, round(VAL_SIZE * args.scale))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
+    previous = out / "report.json"  # synth figures of the run that wrote photos still in place
+    previous = json.loads(previous.read_text()) if previous.is_file() else {}
     report = {"scale": args.scale, "photos": counts, "val_size": val_size, "commit": git_commit(),
               "machine": f"{cpu}, {os.cpu_count()} CPUs, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "splits": {}}
@@ -184,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"photos": n}
         if mat.is_file() and len(svhn.read_digitstruct(mat)) == n:
             print(f"rehearsal: {folder} already holds {n:,} photos", flush=True)
-            row["synth"] = "reused"
+            earlier = previous.get("splits", {}).get(split, {}).get("synth")
+            row["synth"] = earlier if isinstance(earlier, dict) and previous.get("scale") == args.scale else "reused"
         else:
             step = run_step(f"synth {split}", tr + ["data", "synth", "--n", str(n), "--out", str(folder),
                                                      "--seed", str(SEEDS[split])], out / f"synth-{split}.log")
@@ -195,14 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         records = svhn.read_digitstruct(mat)
         row["digitstruct"] = {"bytes": mat.stat().st_size, "records": len(records),
                               "read_seconds": round(time.perf_counter() - start, 2)}
+        if n < SPLITS[split] and args.full_digitstruct:
+            row["digitstruct_full_size"] = full_size_digitstruct(records, SPLITS[split], root)
         del records
         step = run_step(f"cache {split}", tr + ["data", str(folder), "--cache-dir", str(cache_dir)],
                         out / f"cache-{split}.log")
-        caches = [line.split()[1] for line in step.pop("lines") if line.startswith("cache ")]
+        lines = step.pop("lines")
+        caches = [line.split()[1] for line in lines if line.startswith("cache ")]
         cache = Path(caches[0]) if caches else None
         row["cache"] = {**step, "path": str(cache) if cache else None,
                         "bytes": cache.stat().st_size if cache and cache.is_file() else None,
                         "photos_per_s": round(n / step["seconds"], 1)}
+        earlier = previous.get("splits", {}).get(split, {}).get("cache")
+        if any(line.startswith("reusing cache") for line in lines) and earlier and earlier.get("path") == row["cache"]["path"]:
+            row["cache"] = {**earlier, "reused_later": True}  # the figures of the run that built it
         report["splits"][split] = row
 
     run = out / "train"
@@ -255,10 +282,17 @@ def markdown(r: dict) -> str:
         syn = row["synth"]
         syn_text = "reused" if syn == "reused" else f"{syn['seconds']:,.0f} ({syn['photos_per_s']:,.0f})"
         c, d = row["cache"], row["digitstruct"]
-        lines.append(f"| {split} | {syn_text} | {mb(row['photos_bytes'])} | {mb(d['bytes'])} | {d['read_seconds']:.2f} "
+        earlier = " (an earlier run's)" if c.get("reused_later") else ""
+        lines.append(f"| {split}{earlier} | {syn_text} | {mb(row['photos_bytes'])} | {mb(d['bytes'])} | {d['read_seconds']:.2f} "
                      f"| {c['seconds']:,.0f} ({c['photos_per_s']:,.0f}) | {mb(c['bytes'])} "
                      f"| {c['peak_rss_process_mb']:,.0f} / {c['peak_rss_tree_mb']:,.0f} MB "
                      f"| {c['load_start']:.1f}-{c['load_end']:.1f} |")
+    full = [(s, row["digitstruct_full_size"]) for s, row in r["splits"].items() if "digitstruct_full_size" in row]
+    if full:
+        lines += ["", "| digitStruct.mat at full size (records repeated, no photos) | records | size | write s | read s |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {d['records']:,} | {mb(d['bytes'])} | {d['write_seconds']:.1f} | {d['read_seconds']:.1f} |"
+                  for s, d in full]
     t, pr = r["train"], r["projection"]
     gpu = pr["gpu"]
     rate = "-" if t["train_img_s"] is None else f"{t['train_img_s']:,.1f}"
