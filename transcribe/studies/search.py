@@ -288,7 +288,12 @@ def watch(storage_url: str, study_name: str, total: int, stop: threading.Event) 
     progress = bar(total=total, desc="search", unit="trial")
     while True:
         stopping = stop.wait(WATCH_SECONDS)
-        ts = trials()
+        try:
+            ts = trials()
+        except Exception:  # a busy or briefly unreachable database: progress waits for the next read
+            if stopping:
+                break
+            continue
         done = sum(t.state.is_finished() for t in ts) - before
         running = [f"#{t.number} at step {max(t.intermediate_values, default=0)}" for t in ts
                    if t.state == optuna.trial.TrialState.RUNNING]
