@@ -436,8 +436,8 @@ def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=
     `index` (B,) int64: the rows of `images` (N, S, S, 3) to use, e.g. the whole cache: one
     gather then cuts the crops straight from it, instead of copying the rows first.
 
-    How, in three passes over uint8/float memory and no per-image Python (~12x the earlier
-    float-first version on 2 cores; README, "Speed"): a strided view holds every window of every
+    How, in three passes over uint8/float memory and no per-image Python (33-39x the earlier
+    float-first version, one thread each, on the loaded 2-core VM; README, "Speed"): a strided view holds every window of every
     image, (N, S-crop+1, S-crop+1, crop, crop, 3), and one advanced-indexing gather copies the
     chosen windows as uint8 NHWC; each crop's sum is an exact integer (< 2^24 for crop <= 147,
     so its float32 equals the float32 sum of the earlier version, and so does the mean);
@@ -454,7 +454,7 @@ def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=
 @contextlib.contextmanager
 def _one_thread(device):
     """torch on one CPU thread inside the block. Measured on the 2-core VM shared with other jobs
-    (load average 17): prepare_batch at batch 64 ran at 171 img/s on 2 threads and 71,607 on one,
+    (load average 17): prepare_batch at batch 64 ran at 168 img/s on 2 threads and 80,730 on one,
     because each of its short parallel regions waits for a thread the OS has given to another job;
     on an idle machine the second thread gains little on these memory-bound copies (README, "Speed")."""
     threads = torch.get_num_threads()
