@@ -25,7 +25,7 @@ VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0
 
 .PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
         learning-curve diagnose check search bench baseline compare figures clean clean-runs \
-        serve bench-serve
+        serve bench-serve rehearsal
 
 HELP_VARS = $(shell awk '/^\#> /{d=1; next} d && /^[A-Z_]+ +\?=/{print $$1} {d=0}' $(firstword $(MAKEFILE_LIST)))
 help: ## list the targets, then the variables with their values
@@ -146,6 +146,16 @@ search: setup ## random search with Optuna, 2 workers sharing one SQLite study (
 
 bench: setup ## images/second: training, inference, the data path vs the obvious loader
 	$(TR) bench --threads 2 --out runs/bench/bench.json
+
+# A synthetic tree the size of SVHN (train 33,402 + extra 202,353 photos; REHEARSAL_SCALE=0.1 for a
+# tenth), its data step and a bounded training run of the paper's network on it, measured:
+# digitStruct read, cache build, peak memory, img/s, projected epoch time (runs/rehearsal/report.md).
+# CPU- and disk-heavy (about 6 GB of photos at full scale); never part of `make test`.
+REHEARSAL_SCALE   ?= 1
+REHEARSAL_SECONDS ?= 300
+rehearsal: setup ## full-size rehearsal on synthetic SVHN-sized data: data step, bounded train, report
+	$(PY) scripts/rehearsal.py --scale $(REHEARSAL_SCALE) --train-seconds $(REHEARSAL_SECONDS) \
+	    --root data/rehearsal --out runs/rehearsal
 
 # ---------------------------------------------------------------- the OCR baseline (sec. 11.2)
 baseline: setup ## RapidOCR's PP-OCRv4 and v6 recognizers on the sample's photos

@@ -26,9 +26,9 @@ def main() -> None:
     p.add_argument("out", type=Path, help="folder to write (the training side only)")
     p.add_argument("--val-out", type=Path, default=None, help="folder to write the validation side to")
     p.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
-    p.add_argument("--seed", type=int, default=DataConfig.seed)
+    p.add_argument("--split-seed", type=int, default=DataConfig.seed, help="seed of the train/validation split")
     args = p.parse_args()
-    cfg = DataConfig(train=(str(args.folder),), val_fraction=args.val_fraction, seed=args.seed)
+    cfg = DataConfig(train=(str(args.folder),), val_fraction=args.val_fraction, seed=args.split_seed)
     train, val = dataset.load_splits(cfg, progress=False)
     every = svhn.read_split(args.folder).records
     for side, out in ((train, args.out), (val, args.val_out)):
@@ -43,7 +43,7 @@ def main() -> None:
                 os.symlink((args.folder / r.file).resolve(), link)
         svhn.write_digitstruct(out / "digitStruct.mat", records)
         print(f"{out}: {len(records)} {'training' if side is train else 'validation'} photos of {args.folder} "
-              f"(10% held out with seed {args.seed}: {len(val.files)} photos)")
+              f"(10% held out with seed {args.split_seed}: {len(val.files)} photos)")
 
 
 if __name__ == "__main__":

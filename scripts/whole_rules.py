@@ -1,9 +1,9 @@
 """Which candidate boxes, and which rule for choosing among them: measured once, compared offline.
 
-    python scripts/whole_rules.py --run runs/sample-transfer --side train --n 200 \
+    python scripts/whole_rules.py --run runs/sample-transfer --side train --limit 200 \
         --out runs/whole-rules/transfer-train200.json
 
-Reads --n photos of the run's split (--side train: the first N of the training side, where rules
+Reads --limit photos of the run's split (--side train: the first N of the training side, where rules
 are chosen; val: the validation photos the README reports) with the run's reader at every box of a
 superset of candidates: localize.candidates on the detector's boxes at DET_MIN_SIDE (the default
 set, "det"), the same on the detector's boxes at --second-side ("det2"), and the true box itself.
@@ -57,7 +57,7 @@ def measure(args) -> dict:
     det = localize.Detector(threads=args.threads)
     det2 = localize.Detector(min_side=args.second_side, threads=args.threads)
     photos, t0 = [], time.time()
-    for i in range(min(args.n, len(cache))):
+    for i in range(min(args.limit, len(cache))):
         image = localize.load_photo(cache.path(i))
         truth = crops.widen([float(v) for v in cache.boxes[i]], 1 / reader.data_cfg.widen)
         cands = [(b, "det:" + s) for b, s in localize.candidates(det(image)[0], image.shape[:2], reader.widen)]
@@ -111,7 +111,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--side", choices=("train", "val"), default="train")
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--limit", type=int, default=200, help="photos of the side to read (the first N)")
     p.add_argument("--second-side", type=int, default=160, help="the second detector input's shorter side")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True, help="readings JSON (reused when present)")

@@ -43,3 +43,15 @@ def test_peak_counts_two_flops_per_multiply_add_like_the_flop_counter():
     with FlopCounterMode(display=False) as fc:
         torch.nn.functional.conv2d(x, w, padding=1)
     assert fc.get_total_flops() == 2 * 1 * 2 * 5 * 5 * 3 * 9  # the conv reference's count
+
+
+def test_bench_data_only_puts_the_two_data_paths_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--data-only", "--batch-sizes", "8", "--seconds", "0.05", "--warmup", "1",
+                     "--threads", "1", "--folder", str(tmp_path / "none"), "--workers", "0", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] == [] and result["peak"] == {}  # no network, no peak
+    assert result["data"]["ours_img_s"] > 0 and result["data"]["obvious_img_s"] > 0
+    assert "| ratio |" in result["markdown"] and "| preset |" not in result["markdown"]
+    assert len(result["load"]) == 2

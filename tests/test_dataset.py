@@ -200,3 +200,29 @@ def test_prepare_batch_random_crops_are_windows_and_reproducible():
 def _window(image, oy, ox):
     w = image[oy:oy + 54, ox:ox + 54].permute(2, 0, 1).float()
     return (w - w.mean()) / 255
+
+
+def _slow_prepare(images, crop, offsets):
+    """The straightforward prepare_batch, one image at a time: float first, then crop, mean, scale."""
+    out = []
+    for image, (oy, ox) in zip(images, offsets.tolist()):
+        x = image.float()[oy:oy + crop, ox:ox + crop].permute(2, 0, 1)  # (3, crop, crop)
+        out.append((x - x.mean()) / 255)
+    return torch.stack(out)
+
+
+def test_prepare_batch_equals_the_slow_reference_bit_for_bit():
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8))
+    index = torch.from_numpy(np.random.default_rng(3).integers(0, 40, 32))
+    for seed in (0, 1, 2):
+        x = prepare_batch(images, 54, train=True, generator=torch.Generator().manual_seed(seed), index=index)
+        offsets = torch.randint(0, 11, (32, 2), generator=torch.Generator().manual_seed(seed))  # the same draw
+        assert torch.equal(x, _slow_prepare(images[index], 54, offsets))
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        # without index: the same crops from the gathered rows
+        y = prepare_batch(images[index], 54, train=True, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(x, y)
+    centre = prepare_batch(images[5:25], 54, train=False)  # a slice: a view with a storage offset
+    assert torch.equal(centre, _slow_prepare(images[5:25], 54, torch.full((20, 2), 5)))
+    assert torch.equal(prepare_batch(images[:3].numpy(), 64, train=True),  # crop = size: the whole image
+                       _slow_prepare(images[:3], 64, torch.zeros(3, 2, dtype=torch.int64)))

@@ -250,3 +250,11 @@ def test_ablation_trains_each_widening_on_the_same_photos(tiny_run, tmp_path):
                                   batch_size=16, eval_every=2, eval_limit=0, progress=False, hist_every=0,
                                   device="cpu", val_size=12, cache_dir=str(root / "cache"))
     assert "(best achievable)" in val_table and len([r for r in val_table.splitlines() if r.startswith("| 1")]) == 2
+
+
+def test_evaluate_in_a_log_prints_plain_progress_lines(tiny_run, capsys):
+    run, _, _ = tiny_run
+    evaluate(run, "val", target=0.98, gallery_n=5)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert any(line.startswith("  predicting: 12/12 img (100%) | ") for line in err.splitlines()), err

@@ -81,3 +81,49 @@ def test_on_a_terminal_a_bar_to_whichever_budget_ends_first():
     text = out.getvalue()
     assert p.bar.n == 800                      # 40 s of a 50 s budget: 80%, though only 40% of the steps
     assert "step 40/100, loss 1.5000, 8 img/s" in text
+
+
+# ---------------------------------------------------------------- bar(): every other long command
+
+def test_bar_in_a_log_prints_plain_lines_and_a_last_one():
+    out = io.StringIO()
+    items = list(progress.bar(range(7), desc="reading", unit="photo", stream=out))  # every 30 s: only the end
+    assert items == list(range(7))
+    assert out.getvalue() == out.getvalue().replace("\r", "")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("  reading: 7/7 photo (100%) | ")
+    out = io.StringIO()
+    with progress.bar(total=4, desc="caching", unit="img", stream=out, every_seconds=0) as b:  # a line per update
+        for _ in range(4):
+            b.update(1)
+        b.set_postfix_str("best 40.0%")
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "ETA" in lines[0] and "ETA" not in lines[-1]
+    sizes = io.StringIO()
+    b = progress.bar(total=4_000_000, initial=1_000_000, desc="train.tar.gz", unit="B", unit_scale=True, stream=sizes)
+    b.update(3_000_000)
+    b.close()
+    assert sizes.getvalue().startswith("  train.tar.gz: 4.00M/4.00MB (100%)")
+
+
+def test_bar_on_a_terminal_is_tqdm_and_disabled_prints_nothing():
+    out = Terminal()
+    b = progress.bar(total=3, desc="x", stream=out)
+    assert type(b).__name__ == "tqdm"
+    b.close()
+    quiet = io.StringIO()
+    for _ in progress.bar(range(3), stream=quiet, disable=True):
+        pass
+    assert quiet.getvalue() == ""
+
+
+def test_data_synth_and_cache_in_a_log_print_plain_lines(tmp_path, capsys):
+    from transcribe.cli import main
+    assert main(["data", "synth", "--photos", "6", "--out", str(tmp_path / "s"), "--synth-seed", "3"]) == 0
+    assert main(["data", str(tmp_path / "s"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out
+    lines = captured.err.splitlines()
+    assert any(line.startswith(f"  synth {tmp_path / 's'}: 6/6 img (100%) | ") for line in lines), lines
+    assert any(line.startswith("  caching s: 6/6 img (100%) | ") for line in lines), lines

@@ -205,12 +205,12 @@ KILLER = textwrap.dedent("""
     from transcribe.model import ModelConfig
     calls = [0]
     real = dataset.prepare_batch
-    def prepare_batch(images, crop=54, train=True, generator=None):
+    def prepare_batch(images, crop=54, train=True, generator=None, index=None):
         if train:
             calls[0] += 1
             if calls[0] == int(sys.argv[2]):  # mid-way, after a checkpoint was written
                 os.kill(os.getpid(), signal.SIGKILL)
-        return real(images, crop, train, generator)
+        return real(images, crop, train, generator, index=index)
     dataset.prepare_batch = prepare_batch
     cfg = config.from_dict(training.TrainConfig, json.loads(sys.argv[1]))
     data = dataset.DataConfig(train=(sys.argv[3],), val_size=16, seed=0)

@@ -206,7 +206,7 @@ class TrainConfig:
                   choices=("auto", "bf16", "off"))
     # instruments
     hist_every: int = _f(500, "steps between histograms and update ratios in TensorBoard (0 = off)")
-    progress: bool = _f(True, "tqdm progress bar (only shown on a terminal)")
+    progress: bool = _f(True, "progress: a tqdm bar on a terminal, a plain line every 30 s in a log")
 
     def __post_init__(self):
         positive = ("batch_size", "accum", "eval_every", "plateau_patience")

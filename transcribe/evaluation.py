@@ -24,6 +24,7 @@ import torch
 from transcribe import card, dataset, metrics, predictions, report, sequence
 from transcribe.config import INPUT_SIZE, TARGET
 from transcribe.predictions import round_probs, write_predictions
+from transcribe.progress import bar as progress_bar
 from transcribe.runs import THRESHOLD_FILE, atomic_write, load_run, read_threshold, save_json, write_threshold
 from transcribe.svhn import DataError
 
@@ -65,10 +66,12 @@ def predict_images(model, images, crop: int = INPUT_SIZE, batch_size: int = EVAL
 
 
 def predict_rows(model, cache, indices: Sequence[int] | None = None, batch_size: int = EVAL_BATCH,
-                 crop: int = INPUT_SIZE) -> list[dict]:
-    """The predictions.jsonl rows (docs/architecture.md) for the photos of a dataset.Cache."""
+                 crop: int = INPUT_SIZE, progress: bool = False) -> list[dict]:
+    """The predictions.jsonl rows (docs/architecture.md) for the photos of a dataset.Cache.
+    progress: a bar on a terminal, plain lines in a log (progress.bar), counting photos."""
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
     rows = []
+    bar = progress_bar(total=len(indices), desc="predicting", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         part = indices[start:start + batch_size]
         decoded = predict_images(model, cache.images[part], crop=crop, batch_size=batch_size)
@@ -76,6 +79,8 @@ def predict_rows(model, cache, indices: Sequence[int] | None = None, batch_size:
             rows.append({"image": os.path.abspath(cache.path(i)), "file": str(cache.files[i]),
                          "truth": cache.text(i), **d,
                          "box": [round(float(v), 2) for v in cache.boxes[i]]})
+        bar.update(len(part))
+    bar.close()
     return rows
 
 
@@ -147,7 +152,7 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
     else:
         cache, data_facts = split_cache(split, data_cfg), None
     started = time.perf_counter()
-    rows = predict_rows(model, cache, crop=data_cfg.crop)
+    rows = predict_rows(model, cache, crop=data_cfg.crop, progress=True)
     seconds = time.perf_counter() - started
     write_predictions(rows, out / predictions.FILE_NAME)
     # images/s of inference from the cached crops (cropping happened once, when the cache was built)

@@ -24,8 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
-
+from transcribe.progress import bar as progress_bar
 from transcribe.svhn import MAT_NAME, DataError, read_entries
 
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -64,8 +63,8 @@ def download(url: str, dest: str | os.PathLike, attempts: int = 5, retry_wait: f
                     have, mode = 0, "wb"
                     length = resp.headers.get("Content-Length", "")
                     total = int(length) if length.isdigit() else None
-                with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                    desc=dest.name, disable=not progress or None) as bar:
+                with open(part, mode) as out, progress_bar(total=total, initial=have, unit="B", unit_scale=True,
+                                                            desc=dest.name, disable=not progress) as bar:
                     while chunk := resp.read(_CHUNK):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -154,8 +153,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool 
             # The 'data' filter (Python >= 3.11.4) re-checks the same and drops owners and
             # odd permissions; the check above is what gives the clear message.
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            for m in tqdm(members, desc=f"extract {archive.name}", unit="file",
-                          disable=not progress or None):
+            for m in progress_bar(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
                 tar.extract(m, dest, **safe)
     except DataError:
         raise

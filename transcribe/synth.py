@@ -41,10 +41,10 @@ from pathlib import Path
 import matplotlib  # only for where its fonts live
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from tqdm import tqdm
 
 from transcribe import svhn
 from transcribe.config import MAX_DIGITS  # longer numbers are never generated
+from transcribe.progress import bar as progress_bar
 from transcribe.runs import atomic_write
 
 STATS_PATH = Path(__file__).with_name("synth_stats.json")
@@ -618,7 +618,7 @@ def generate(out_folder: str | Path, n: int, seed: int = 0, progress: bool = Fal
 
     Deterministic: the same (n, seed) gives byte-identical PNGs and the same labels, whatever
     the number of worker processes (each photo has its own generator). workers=0: one per CPU
-    core for n >= 2,000, in-process below that. Prints nothing except a tqdm bar when progress=True.
+    core for n >= 2,000, in-process below that. Prints nothing but its progress when progress=True (progress.bar).
     Returns the folder.
     """
 
@@ -635,9 +635,9 @@ def generate(out_folder: str | Path, n: int, seed: int = 0, progress: bool = Fal
     bar = dict(total=n, disable=not progress, desc=f"synth {out}", unit="img")
     if workers > 1:
         with mp.get_context("spawn").Pool(workers) as pool:  # spawn: safe when torch is loaded
-            labels = list(tqdm(pool.imap(_write_photo, jobs, chunksize=64), **bar))
+            labels = list(progress_bar(pool.imap(_write_photo, jobs, chunksize=64), **bar))
     else:
-        labels = [_write_photo(job) for job in tqdm(jobs, **bar)]
+        labels = [_write_photo(job) for job in progress_bar(jobs, **bar)]
     records = [svhn.Record(file=name, digits=digits, boxes=boxes) for name, digits, boxes in labels]
     svhn.write_digitstruct(out / "digitStruct.mat", records)
     return out

@@ -652,7 +652,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 epoch, idx = batch_indices(step, n_train, cfg.batch_size, cfg.seed)
                 idx = idx.to(device)
                 gen = dataset.batch_generator(cfg.seed, epoch, step)  # CPU generator: same crops on any device
-                x_all = dataset.prepare_batch(data.images[idx], data_cfg.crop, True, gen)  # (B, 3, crop, crop)
+                x_all = dataset.prepare_batch(data.images, data_cfg.crop, True, gen, index=idx)  # (B, 3, crop, crop)
                 y_len_all, y_dig_all = data.lengths[idx], data.digits[idx]                  # (B,), (B, 5)
                 probe = Probe(raw_model) if instrument and not cfg.compile else None  # hooks would recompile
                 for a in range(cfg.accum):

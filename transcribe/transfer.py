@@ -42,6 +42,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from . import card, crops, ctc, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
 from .config import MAX_DIGITS, TARGET, TransferConfig, from_args, to_dict
+from .progress import bar as progress_bar
 from .runs import save_json
 
 MARGIN = 1.8      # pixels kept around the number box: enough for widening 1.3, jitter and rotation
@@ -126,7 +127,7 @@ def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: 
     widths = [int(math.ceil(w / rec.FRAME)) * rec.FRAME for w in widths]
     out: list[torch.Tensor | None] = [None] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda i: widths[i])
-    done, start, last = 0, time.time(), time.time()
+    bar = progress_bar(total=len(inputs), desc=desc, unit="view")
     for width in sorted(set(widths)):
         idx = [i for i in order if widths[i] == width]
         for k in range(0, len(idx), batch):
@@ -135,10 +136,8 @@ def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: 
             feats = stem(x)[:, :, 0, :].to(torch.float16)          # (b, 384, W/8)
             for i, f in zip(chunk, feats):
                 out[i] = f.clone()
-            done += len(chunk)
-            if time.time() - last > 30:
-                print(f"  {desc}: {done}/{len(inputs)} ({done / (time.time() - start):.1f}/s)", file=sys.stderr)
-                last = time.time()
+            bar.update(len(chunk))
+    bar.close()
     return out  # type: ignore[return-value]
 
 
@@ -253,7 +252,7 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
 
 
 def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos: list[Photo],
-              idx: list[int], cfg: TransferConfig, log=None) -> None:
+              idx: list[int], cfg: TransferConfig, log=None, desc: str = "fine-tuning") -> None:
     """Train the neck and head on the augmented views' features of photos[idx], in place."""
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -264,6 +263,7 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
     device = next(model.parameters()).device
     steps = cfg.epochs * math.ceil(len(idx) / cfg.batch_size)
     step, start = 0, time.time()
+    bar = progress_bar(total=steps, desc=desc, unit="step")
     for epoch in range(cfg.epochs):
         model.train()
         # one of its augmented views per photo per epoch, drawn at random
@@ -281,8 +281,11 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
             total += loss.item() * len(b)
             n += len(b)
             step += 1
+            bar.update(1)
+        bar.set_postfix_str(f"epoch {epoch + 1}/{cfg.epochs}, train NLL {total / n:.3f}")
         if log is not None:
             log({"epoch": epoch + 1, "step": step, "train_nll": total / n, "seconds": round(time.time() - start, 1)})
+    bar.close()
 
 
 # ----------------------------------------------------------------------------- cross-validation
@@ -393,7 +396,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         for f, held in enumerate(folds):
             model.load_state_dict(initial)
             train_idx = sorted(set(everything) - set(held))
-            fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}))
+            fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}),
+                      desc=f"fold {f + 1}/{args.folds}")
             for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
                 oof[i] = {**row, "fold": f}
             acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
@@ -422,7 +426,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         threshold = None
     # The shipped model: every photo.
     model.load_state_dict(initial)
-    fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}))
+    fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}), desc="all photos")
     trained = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("stem.")}
     runs.atomic_write(out / CHECKPOINT, lambda f: torch.save(
         {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},

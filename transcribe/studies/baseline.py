@@ -366,8 +366,9 @@ def predict_photos(engine, items, cfg: BaselineConfig, progress: bool = True):
     """-> (rows, problems, seconds). rows follow predictions.jsonl (docs/architecture.md);
     seconds = time spent cropping + recognizing (photo decoding from PNG not included)."""
     from transcribe import svhn
+    from transcribe.progress import bar
     rows, problems, seconds = [], [], 0.0
-    for i, (path, rec) in enumerate(items):
+    for path, rec in bar(items, desc="reading", unit="photo", disable=not progress):
         try:
             image = svhn.load_image(path)
             start = time.perf_counter()
@@ -382,8 +383,6 @@ def predict_photos(engine, items, cfg: BaselineConfig, progress: bool = True):
         rows.append({"image": str(path), "file": rec.file, "truth": rec.text, "pred": reading.text,
                      "confidence": reading.confidence, "adhoc_confidence": None, "length_probs": None,
                      "digit_probs": None, "box": [round(v, 2) for v in box]})
-        if progress and (i + 1) % 500 == 0:
-            print(f"  {i + 1}/{len(items)} photos, {len(rows) / max(seconds, 1e-9):.1f} images/s", file=sys.stderr)
     return rows, problems, seconds
 
 

@@ -13,7 +13,8 @@ of one call, robust to other jobs on a shared machine):
 - end to end, "obvious": a per-sample torch Dataset that opens each PNG of a format-1 folder
   with PIL, crops the widened number box, resizes, random-crops, through a DataLoader with
   `--workers` worker processes -> the same train step.
-It also times each data path alone. Model and inputs are channels_last (`--channels-last
+It also times each data path alone (`--data-only`: only that, ours and the obvious loader side by
+side, no peak and no network). Model and inputs are channels_last (`--channels-last
 false` for the default layout), optionally torch.compile'd (`--compile`). The end-to-end
 figures use the precision whose training step was faster.
 
@@ -78,6 +79,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "sample; if missing, a few synthetic PNGs are written to a temporary folder)")
     parser.add_argument("--obvious", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the obvious loader (PNG decoding in DataLoader workers; default: on)")
+    parser.add_argument("--data-only", action=argparse.BooleanOptionalAction, default=False,
+                        help="measure only the data paths (ours vs the obvious loader, side by side): no peak, "
+                             "no network (default: off)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
@@ -284,8 +288,8 @@ def bench_preset(name: str, batch: int, args, device: str, pool, loader_for) -> 
     prepare = _prepare_batch()
     if prepare is not None:
         def ours():
-            idx = torch.randint(0, pool.shape[0], (batch,), generator=g).to(pool.device)  # CPU generator
-            xb = prepare(pool[idx], crop=CROP, train=True, generator=g).to(memory_format=fmt)
+            idx = torch.randint(0, pool.shape[0], (batch,), generator=g)  # CPU generator
+            xb = prepare(pool, crop=CROP, train=True, generator=g, index=idx).to(memory_format=fmt)
             step(xb, lengths, digits)
         fastest["ours_e2e_img_s"] = _rate(ours, batch, args.seconds, args.warmup, sync)
     # end to end, obvious: per-sample PNG decode in DataLoader workers -> step
@@ -322,12 +326,16 @@ def markdown(result: dict) -> str:
     peak_text = "; ".join(f"{p} peak {v['flop_s'] / 1e9:,.1f} GFLOP/s ({v['by']})" for p, v in peaks.items())
     lines = [
         f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads, "
-        f"device {result['device']}{setup}; {peak_text}.",
+        f"device {result['device']}{setup}" + (f"; {peak_text}." if peak_text else ".")
+        + (" Load average (1 min) %.1f at the start, %.1f at the end: other jobs shared the CPUs when it "
+           "exceeds the threads." % tuple(result["load"]) if result.get("load") else ""),
         "",
         "| preset | params | batch | precision | train img/s | infer img/s | train GFLOP/s | % of peak "
         "| ours e2e img/s | obvious e2e img/s | ours / obvious |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not result["rows"]:  # --data-only
+        lines = lines[:1]
     for r in result["rows"]:
         peak = peaks[r["precision"]]["flop_s"]
         lines.append(
@@ -337,7 +345,7 @@ def markdown(result: dict) -> str:
             f"| {_fmt(r.get('ours_over_obvious'), 2)}{'x' * ('ours_over_obvious' in r)} |")
     d = result["data"]
     lines += ["", "| data path alone (batch %d) | img/s |" % d["batch"], "|---|---:|",
-              f"| ours: uint8 tensor -> prepare_batch | {_fmt(d.get('ours_img_s'))} |",
+              f"| ours: rows of a uint8 tensor -> prepare_batch (index=) | {_fmt(d.get('ours_img_s'))} |",
               f"| obvious: PNG + PIL per sample, DataLoader({d['workers']} workers) | {_fmt(d.get('obvious_img_s'))} |"]
     if d.get("ours_img_s") and d.get("obvious_img_s"):
         lines.append(f"| ratio | {d['ours_img_s'] / d['obvious_img_s']:,.0f}x |")
@@ -360,6 +368,7 @@ def run_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device).type  # 'cpu' or 'cuda'; --device cuda without CUDA: one line
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
 
     result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
@@ -368,7 +377,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if device == "cuda":
         result["machine"] += ", " + torch.cuda.get_device_name()
     result["peak"] = {}
-    for precision in args.precisions:
+    for precision in ([] if args.data_only else args.precisions):
         print(f"bench: {precision} peak (matmuls, a 3x3 convolution) on {device} ...", flush=True)
         result["peak"][precision] = peak_flops(device, precision, args.seconds)
 
@@ -380,8 +389,8 @@ def run_bench(args: argparse.Namespace) -> int:
     prepare = _prepare_batch()
     if prepare is not None:
         def ours_data():
-            idx = torch.randint(0, POOL, (data_batch,), generator=g).to(pool.device)
-            prepare(pool[idx], crop=CROP, train=True, generator=g)
+            idx = torch.randint(0, POOL, (data_batch,), generator=g)  # rows of the cache, as training draws them
+            prepare(pool, crop=CROP, train=True, generator=g, index=idx)
         data["ours_img_s"] = _rate(ours_data, data_batch, args.seconds, args.warmup, sync)
 
     loader_for, scratch = None, None
@@ -406,7 +415,7 @@ def run_bench(args: argparse.Namespace) -> int:
     result["data"] = data
 
     try:
-        for name in args.presets:
+        for name in ([] if args.data_only else args.presets):
             for batch in args.batch_sizes:
                 print(f"bench: {name}, batch {batch} ...", flush=True)
                 result["rows"] += bench_preset(name, batch, args, device, pool, loader_for)
@@ -415,6 +424,7 @@ def run_bench(args: argparse.Namespace) -> int:
             import shutil
             shutil.rmtree(scratch, ignore_errors=True)
 
+    result["load"] = [load_start, os.getloadavg()[0]]
     table = markdown(result)
     print(table)
     result["markdown"] = table

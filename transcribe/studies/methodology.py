@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,7 +364,7 @@ def base_configs(args: argparse.Namespace):
         data_cfg = dataclasses.replace(data_cfg, train=tuple(args.train))
     if args.val_fraction is not None:
         data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction, val_size=0)
-    changes = {"progress": False}
+    changes = {"progress": True}  # each run's progress: a bar on a terminal, plain lines in a log
     if args.batch_size:
         changes["batch_size"] = args.batch_size
     if args.threads:
@@ -498,9 +499,12 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     sizes = sorted(set(args.sizes)) if args.sizes else default_sizes(len(full_train), args.smallest)
     target_err = 1 - args.target
     print(f"learning curve: sizes {sizes} of {len(full_train)} training photos, validation {len(val)} photos")
-    points = []
+    points, t0, count = [], time.time(), 0
     for n in sizes:
         for seed in range(args.seeds):
+            count += 1
+            print(f"learning curve: run {count}/{len(sizes) * args.seeds}, n={n} seed {seed} "
+                  f"({time.time() - t0:.0f} s so far)", flush=True)
             steps = budget_steps(n, train_cfg.batch_size, args.epochs, args.min_steps, args.max_steps)
             run = out / f"n{n}-seed{seed}"
             d_cfg = subset_data_config(data_cfg, n)
@@ -645,8 +649,9 @@ def run_lr_sweep(args: argparse.Namespace) -> int:
     lrs = sorted(args.lrs) if args.lrs else lr_grid(args.lr_min, args.lr_max, args.per_decade)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for lr in lrs:
+    rows, t0 = [], time.time()
+    for k, lr in enumerate(lrs):
+        print(f"lr sweep: run {k + 1}/{len(lrs)}, lr {lr:.3g} ({time.time() - t0:.0f} s so far)", flush=True)
         run = out / f"lr{lr:.3g}"
         t_cfg = dataclasses.replace(train_cfg, out=str(run), lr=lr, steps=args.steps, schedule=args.schedule,
                                     warmup=0, eval_every=args.steps, patience=0)

@@ -39,6 +39,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from pathlib import Path
 
 
 POLL_SECONDS = 0.5       # how often a trial reads its metrics.jsonl
+WATCH_SECONDS = 5.0      # how often the progress of the whole search is read from the study
 SQLITE_TIMEOUT = 60      # seconds a worker waits for the SQLite lock (several processes write)
 # A worker on another machine that dies (SIGKILL, power) stops its trial's heartbeat; after the
 # grace period the next worker to start a trial marks it failed (Optuna's stale-trial check).
@@ -271,6 +273,39 @@ def _worker(storage_url: str, study_name: str, sampler: str, names, seed, pruner
                    catch=(RuntimeError,))
 
 
+def watch(storage_url: str, study_name: str, total: int, stop: threading.Event) -> None:
+    """The search's progress, read from the study every WATCH_SECONDS until `stop`: trials finished
+    in this invocation of `total`, the running trials' last reported steps, the best so far
+    (progress.bar: a bar on a terminal, a plain line every 30 s in a log)."""
+    import optuna
+    from transcribe.progress import bar
+    storage = _storage(storage_url)
+
+    def trials():
+        return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+
+    before = sum(t.state.is_finished() for t in trials())
+    progress = bar(total=total, desc="search", unit="trial")
+    while True:
+        stopping = stop.wait(WATCH_SECONDS)
+        try:
+            ts = trials()
+        except Exception:  # a busy or briefly unreachable database: progress waits for the next read
+            if stopping:
+                break
+            continue
+        done = sum(t.state.is_finished() for t in ts) - before
+        running = [f"#{t.number} at step {max(t.intermediate_values, default=0)}" for t in ts
+                   if t.state == optuna.trial.TrialState.RUNNING]
+        values = [t.value for t in ts if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        best = f"best {max(values):.1%}" if values else ""
+        progress.set_postfix_str("; ".join(part for part in (", ".join(running), best) if part))
+        progress.update(done - progress.n)  # 0 too: a log still gets its line every 30 s
+        if stopping:
+            break
+    progress.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # Results
 
@@ -357,9 +392,26 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds after which workers start no new trial")
 
 
-def run_search(args: argparse.Namespace) -> int:
+def _run_workers(workers: int, job: tuple, rest: tuple, seeds: list, shares: list, base: dict, out: Path,
+                 timeout: float | None) -> None:
+    """The trials: in this process (one worker), or in `workers` spawned processes sharing the study."""
     import multiprocessing
+    if workers == 1:
+        _worker(*job, seeds[0], *rest, shares[0], base, str(out), timeout)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no forked torch/SQLite state
+    procs = [ctx.Process(target=_worker, args=(*job, seeds[i], *rest, shares[i], base, str(out), timeout))
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
 
+
+def run_search(args: argparse.Namespace) -> int:
     import optuna
     from transcribe import config as C
     from transcribe.studies.methodology import base_configs
@@ -392,19 +444,14 @@ def run_search(args: argparse.Namespace) -> int:
     t0 = time.time()
     job = (storage_url, args.study_name, args.sampler, names)
     rest = (args.pruner, args.startup)
-    if workers == 1:
-        _worker(*job, seeds[0], *rest, shares[0], base, str(out), args.timeout)
-    else:
-        ctx = multiprocessing.get_context("spawn")  # no forked torch/SQLite state
-        procs = [ctx.Process(target=_worker, args=(*job, seeds[i], *rest, shares[i], base, str(out), args.timeout))
-                 for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(storage_url, args.study_name, args.trials, stop), daemon=True)
+    watcher.start()
+    try:
+        _run_workers(workers, job, rest, seeds, shares, base, out, args.timeout)
+    finally:
+        stop.set()
+        watcher.join()
     orphans = fail_orphaned_trials(storage_url, args.study_name)
     if orphans:
         print(f"marked failed: trial(s) {orphans}, left running by worker(s) that were killed", file=sys.stderr)
