@@ -188,6 +188,10 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     C.add_dataclass_arguments(parser, C.TransferConfig)
     parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only)")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="hold out the validation split `transcribe train --val-fraction F --seed S` holds "
+                             "out (the same photos): never trained on, read at the end into eval/val/ (default 0: none)")
+    parser.add_argument("--val-seed", type=int, default=0, help="seed of that split (default: 0, as `transcribe train`)")
     parser.add_argument("--out", required=True, help="run folder to write")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
