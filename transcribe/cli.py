@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
     "export": ("transcribe.export", "write the reader and detector as ONNX (+ JSON) for the torch-free runtime"),
     "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
+    "distil": ("transcribe.distil", "train the paper's ConvNet on a transfer run's soft targets plus the true labels"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
     "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
@@ -197,6 +198,11 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
     parser.add_argument("--cache-dir", default="data/cache/transfer",
                         help="where the stem features of the views are cached ('' = no cache)")
+
+
+def add_distil_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser)  # the student's run: every flag of `transcribe train`
+    C.add_dataclass_arguments(parser, C.DistilConfig)
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -92,6 +92,12 @@ def prefix_beam_search(log_probs: np.ndarray, beam: int = BEAM, max_len: int = M
 def decode(log_probs: torch.Tensor, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[Reading]:
     """The most probable labelling of each item and its exact log P(S|X). log_probs: (B, T, C).
     beam=1 is the best path (cut to max_len digits), scored exactly."""
+    return [readings[0] for readings in top_k(log_probs, 1, beam, max_len)]
+
+
+def top_k(log_probs: torch.Tensor, k: int, beam: int = BEAM, max_len: int = MAX_DIGITS) -> list[list[Reading]]:
+    """The k most probable labellings of each item that the search finds, most probable first,
+    each with its exact log P(S|X) (fewer than k when fewer survive). log_probs: (B, T, C)."""
     lp = log_probs.detach().float()
     arrays = lp.cpu().numpy()
     candidates = []
@@ -108,8 +114,7 @@ def decode(log_probs: torch.Tensor, beam: int = BEAM, max_len: int = MAX_DIGITS)
     owner = [i for i, cands in enumerate(candidates) for _ in cands]
     texts = [t for cands in candidates for t in cands]
     scores = log_likelihood(lp[owner], texts).numpy()
-    best: dict[int, Reading] = {}
+    found: list[list[Reading]] = [[] for _ in candidates]
     for i, text, s in zip(owner, texts, scores):
-        if i not in best or s > best[i].logp:
-            best[i] = Reading(text, float(s))
-    return [best[i] for i in range(len(candidates))]
+        found[i].append(Reading(text, float(s)))
+    return [sorted(readings, key=lambda r: -r.logp)[:k] for readings in found]
