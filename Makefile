@@ -102,7 +102,7 @@ TEACHER_RUN ?= runs/sample-teacher
 DISTIL_RUN  ?= runs/sample-distil
 DISTIL_BASE ?= runs/sample-nodistil
 STUDENT_ARGS = --preset cpu --init $(DEMO_RUN)/ckpt-best.pt --train $(SAMPLE) --mix data/synth/train --mix-size 1800 \
-    --threads 2 --steps 800 --lr 0.02 --eval-every 100 --eval-limit 600 --amp bf16
+    --threads 2 --steps 150 --lr 0.02 --eval-every 50 --eval-limit 600 --amp bf16
 distil-sample: setup ## distil the fine-tuned recognizer into the cpu ConvNet: with vs without, and speed
 	test -f $(DEMO_RUN)/ckpt-best.pt || $(MAKE) demo
 	test -f $(TEACHER_RUN)/model.pt || $(TR) transfer --train $(SAMPLE) --folds 0 --views 4 --epochs 8 \

@@ -446,7 +446,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     save_json(summary, out / "cv.json")
     print(format_summary(summary), file=sys.stderr)
     print(f"inference: {summary['inference']['images_per_second']} photos/s ({args.threads} threads)", file=sys.stderr)
-    print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/ in {summary['seconds']:.0f} s", file=sys.stderr)
+    evals_written = "".join(f", eval/{d}/" for d in ("cv", "val") if (out / "eval" / d).is_dir())
+    print(f"wrote {out}/model.pt, threshold.json, cv.json{evals_written} in {summary['seconds']:.0f} s", file=sys.stderr)
     return 0
 
 
