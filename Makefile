@@ -23,7 +23,7 @@ SAMPLE ?= ../shared/data/svhn-sample/train
 TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
-.PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu cv-table ablation lr-sweep \
+.PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu distil-sample cv-table ablation lr-sweep \
         learning-curve diagnose check search bench baseline compare figures clean clean-runs \
         serve bench-serve rehearsal
 
@@ -115,6 +115,26 @@ train-sample-cpu: setup ## fine-tune the synthetic-pretrained cpu net on ../shar
 	$(TR) train --preset cpu --init $(DEMO_RUN)/ckpt-best.pt --train $(SAMPLE) --out $(SAMPLE_RUN) \
 	    --threads 2 --steps 1600 --lr 0.02 --eval-every 100 --eval-limit 600 --max-seconds 600
 	$(TR) evaluate $(SAMPLE_RUN) --split val
+
+# Distillation (issue 9, item 5): an honest teacher (the transfer recipe trained on the 1,800 training
+# photos of the usual split only: 10%, seed 0 held out), whose top-5 readings of the student's training
+# photos (the 1,800 real + 1,800 synthetic) teach the demo's cpu network; the same run without the
+# teacher (same flags, steps and seed); both read the 200 validation photos; then student and teacher
+# photos/s side by side. Run `make demo` first (it is run if missing).
+TEACHER_RUN ?= runs/sample-teacher
+DISTIL_RUN  ?= runs/sample-distil
+DISTIL_BASE ?= runs/sample-nodistil
+STUDENT_ARGS = --preset cpu --init $(DEMO_RUN)/ckpt-best.pt --train $(SAMPLE) --mix data/synth/train --mix-size 1800 \
+    --threads 2 --steps 150 --lr 0.02 --eval-every 50 --eval-limit 600 --amp bf16
+distil-sample: setup ## distil the fine-tuned recognizer into the cpu ConvNet: with vs without, and speed
+	test -f $(DEMO_RUN)/ckpt-best.pt || $(MAKE) demo
+	test -f $(TEACHER_RUN)/model.pt || $(TR) transfer --train $(SAMPLE) --folds 0 --views 4 --epochs 8 \
+	    --val-fraction 0.1 --split-seed 0 --out $(TEACHER_RUN)
+	$(TR) distil --teacher $(TEACHER_RUN) --alpha 0.5 --top-k 5 $(STUDENT_ARGS) --out $(DISTIL_RUN)
+	$(TR) train $(STUDENT_ARGS) --out $(DISTIL_BASE)
+	$(TR) evaluate $(DISTIL_RUN) --split val
+	$(TR) evaluate $(DISTIL_BASE) --split val
+	$(PY) scripts/bench_distil.py $(DISTIL_RUN) $(TEACHER_RUN) --train $(SAMPLE) --limit 256 --rounds 3 --threads 2
 
 # ---------------------------------------------------------------- methodology (book ch. 11)
 # STUDY is the training folder these tools study: the real sample by default.

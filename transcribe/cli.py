@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("transcribe.predict", "read the number in photos, or refer them to a human"),
     "export": ("transcribe.export", "write the reader and detector as ONNX (+ JSON) for the torch-free runtime"),
     "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
+    "distil": ("transcribe.distil", "train the paper's ConvNet on a transfer run's soft targets plus the true labels"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
     "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
@@ -230,6 +231,11 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     C.add_dataclass_arguments(parser, C.TransferConfig)
     parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only; default: 5)")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="hold out the validation split `transcribe train --val-fraction F --split-seed S` holds "
+                             "out (the same photos): never trained on, read at the end into eval/val/ (default 0: none)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of that split (default: 0, as `transcribe train`)")
     parser.add_argument("--out", required=True, help="run folder to write")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick look)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
@@ -237,6 +243,11 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default="data/cache/transfer",
                         help="where the stem features of the views are cached ('' = no cache)")
     C.add_device_argument(parser)  # the neck and head; the frozen stem runs in onnxruntime on the CPU
+
+
+def add_distil_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser)  # the student's run: every flag of `transcribe train`
+    C.add_dataclass_arguments(parser, C.DistilConfig)
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

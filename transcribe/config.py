@@ -252,6 +252,14 @@ class TransferConfig:
 
 
 
+@dataclass(frozen=True)
+class DistilConfig:
+    # `transcribe distil` (distil.py): the teacher and how much the student listens to it
+    teacher: str = _f("", "a `transcribe transfer` run folder (model.pt) whose readings teach the student")
+    alpha: float = _f(0.5, "weight of the true label's -log P(S|X); 1 - alpha goes to the teacher's soft targets")
+    top_k: int = _f(5, "teacher transcriptions per photo (CTC prefix beam, exact log P(S|X), renormalised over K)")
+
+
 # Fields of TrainConfig that may change when a run is resumed: they do not alter the
 # trajectory of the weights (or only end it earlier/later). Anything else must match.
 RESUMABLE_CHANGES = ("out", "steps", "max_seconds", "progress", "threads", "device", "compile",

@@ -165,3 +165,22 @@ def to_texts(lengths, digits) -> list[str]:
     lengths = lengths.tolist() if hasattr(lengths, "tolist") else list(lengths)
     digits = digits.tolist() if hasattr(digits, "tolist") else [list(d) for d in digits]
     return [to_text(n, d) for n, d in zip(lengths, digits)]
+
+
+def distillation_loss(length_logits, digit_logits, lengths, digits, soft_lengths, soft_digits, soft_q,
+                      alpha: float):
+    """Scalar loss of a student taught by a teacher's distribution over whole transcriptions
+    (soft targets at the sequence level: Hinton et al. 2015 on the paper's own quantity, as in
+    Kim & Rush 2016), averaged over the batch:
+
+        alpha * -log P(S = y | X) + (1 - alpha) * sum_k q_k * -log P(S = s_k | X)
+
+    y the true label (lengths (B,), digits (B, N)); s_k the teacher's top-K transcriptions
+    (soft_lengths (B, K), soft_digits (B, K, N), -1 past the length) with probabilities q_k
+    renormalised over the K (soft_q (B, K); padding candidates carry q = 0)."""
+    b, k = soft_q.shape
+    true_nll = -log_likelihood(length_logits, digit_logits, lengths, digits)                 # (B,)
+    per_candidate = log_likelihood(length_logits.repeat_interleave(k, 0), digit_logits.repeat_interleave(k, 0),
+                                   soft_lengths.reshape(-1), soft_digits.reshape(b * k, -1)).view(b, k)  # (B, K)
+    soft_nll = -(soft_q * per_candidate).sum(1)                                                # (B,)
+    return (alpha * true_nll + (1 - alpha) * soft_nll).mean()

@@ -347,9 +347,11 @@ class TrainingData:
     train_eval: tuple          # a fixed training subset (images, lengths, digits), scored like validation
     val_eval: tuple            # the validation split (or its first eval_limit photos)
     n_val: int                 # photos in the whole validation split
+    soft: tuple | None = None  # distillation (distil.py): a teacher's top-K per training row:
+                               # lengths (N, K), digits (N, K, 5), q (N, K); None = true labels only
 
 
-def load_data(data_cfg, cfg: TrainConfig, procs: Processes) -> TrainingData:
+def load_data(data_cfg, cfg: TrainConfig, procs: Processes, soft: tuple | None = None) -> TrainingData:
     if procs.ddp and not procs.master:
         dist.barrier()  # rank 0 builds any missing cache first; the others then read it
     train_set, val_set = dataset.load_splits(data_cfg, progress=procs.master and cfg.progress)
@@ -364,9 +366,11 @@ def load_data(data_cfg, cfg: TrainConfig, procs: Processes) -> TrainingData:
     g = torch.Generator().manual_seed(cfg.seed)
     sub = torch.randperm(n_train, generator=g)[:cfg.eval_limit or n_train].sort().values.to(procs.device)
     vlim = cfg.eval_limit or len(val_set.images)
+    if soft is not None and any(len(t) != n_train for t in soft):
+        raise ValueError(f"soft targets for {len(soft[0])} photos, but the training split has {n_train}")
     return TrainingData(images, lengths, digits, (images[sub], lengths[sub], digits[sub]),
                         (as_t(val_set.images[:vlim]), as_t(val_set.lengths[:vlim]), as_t(val_set.digits[:vlim])),
-                        len(val_set.images))
+                        len(val_set.images), tuple(as_t(t) for t in soft) if soft is not None else None)
 
 
 FRESH_STATE = {"step": 0, "elapsed": 0.0, "best": -1.0, "best_step": -1, "bad_evals": 0,
@@ -539,8 +543,10 @@ def summary(out: Path, cfg: TrainConfig, state: dict, step: int) -> str:
     return "\n".join(lines)
 
 
-def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
-    """Train (or resume) the run in `cfg.out`; returns the run folder."""
+def train(model_cfg, data_cfg, cfg: TrainConfig, soft: tuple | None = None, alpha: float = 1.0) -> Path:
+    """Train (or resume) the run in `cfg.out`; returns the run folder. With `soft` (a teacher's
+    top-K transcriptions of every training row, distil.py) the loss is
+    sequence.distillation_loss with weight `alpha` on the true labels."""
     if model_cfg.in_size != data_cfg.crop:  # two fields, one quantity: the side of the network's input
         raise ValueError(f"the model's in_size ({model_cfg.in_size}) differs from the data's crop ({data_cfg.crop}): "
                          f"give --in-size and --crop the same value")
@@ -557,7 +563,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                 print(f"note: {out / LOCK_FILE}: taken over from {stale}, which ended without "
                       f"releasing it (killed?)", file=sys.stderr)
             resumed = last_path.exists()  # decided before any rank can write a checkpoint (see the barrier)
-            data = load_data(data_cfg, cfg, procs)
+            data = load_data(data_cfg, cfg, procs, soft)
             n_train, steps_per_epoch = len(data.images), len(data.images) // cfg.batch_size
             raw_model, model, optimizer, state = build_model(model_cfg, data_cfg, cfg, procs, last_path, resumed)
             amp = "bf16" if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda") else "off"
@@ -661,8 +667,14 @@ def train(model_cfg, data_cfg, cfg: TrainConfig) -> Path:
                     sync = not procs.ddp or a == cfg.accum - 1  # all-reduce gradients on the last micro-batch only
                     with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
                         length_logits, digit_logits = model(x)  # (b, 7), (b, 5, C)
-                        loss = sequence.loss(length_logits.float(), digit_logits.float(),
-                                             y_len_all[part], y_dig_all[part], model_cfg.head)
+                        if data.soft is None:
+                            loss = sequence.loss(length_logits.float(), digit_logits.float(),
+                                                 y_len_all[part], y_dig_all[part], model_cfg.head)
+                        else:  # the teacher's soft targets too (distil.py)
+                            soft_len, soft_dig, soft_q = (t[idx][part] for t in data.soft)
+                            loss = sequence.distillation_loss(length_logits.float(), digit_logits.float(),
+                                                              y_len_all[part], y_dig_all[part],
+                                                              soft_len, soft_dig, soft_q, alpha)
                     (loss / cfg.accum).backward()
                     loss_sum += loss.detach() / cfg.accum
                     if probe is not None:

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from . import card, crops, ctc, metrics, predictions, runs, sequence, svhn
+from . import card, crops, ctc, dataset, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
-from .config import MAX_DIGITS, TARGET, TransferConfig, from_args, to_dict
+from .config import MAX_DIGITS, TARGET, DataConfig, TransferConfig, from_args, to_dict
 from .progress import bar as progress_bar
 from .runs import save_json
 
@@ -331,6 +331,14 @@ def fold_summary(rows: list[dict], folds: list[list[int]], seed: int, key: str =
     return out
 
 
+def held_out(photos: list[Photo], folder: str | Path, fraction: float, seed: int) -> list[int]:
+    """Indices of the photos `transcribe train --train FOLDER --val-fraction F --seed S` holds out
+    for validation (the same photos: dataset.load_splits chooses them, matched by file name)."""
+    _, val = dataset.load_splits(DataConfig(train=(str(folder),), val_fraction=fraction, seed=seed), progress=False)
+    names = {str(f) for f in val.files}
+    return [i for i, p in enumerate(photos) if Path(p.path).name in names]
+
+
 def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int,
                        cache_dir: str | Path | None = "data/cache/transfer"):
     """Stem features of every photo's evaluation view and of its `views` augmented views,
@@ -380,18 +388,25 @@ def run_transfer(args: argparse.Namespace) -> int:
     evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
     print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
     save_json({"transfer": cfg, "train": args.train, "folds": args.folds, "photos": len(photos),
+               "val_fraction": args.val_fraction, "split_seed": args.split_seed,
                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
     (out / runs.METRICS_FILE).write_text("")  # a new run: one row per epoch and per fold
 
     def log(row):
         runs.append_metrics(out, row)
 
-    everything = list(range(len(photos)))
-    # the off-the-shelf reader with the principled confidence (the CTC head at step 0)
-    step0 = read(model, evals, photos, everything, cfg.beam) if cfg.head == "ctc" else None
-    summary: dict = {"photos": len(photos), "feature_seconds": round(feat_seconds, 1)}
+    # With --val-fraction, the usual validation split is held out of everything below (folds and
+    # the shipped model) and read once at the end; the features still cover every photo (one cache).
+    val_idx = held_out(photos, args.train, args.val_fraction, args.split_seed) if args.val_fraction > 0 else []
+    everything = sorted(set(range(len(photos))) - set(val_idx))
+    if val_idx:
+        print(f"  held out for validation: {len(val_idx)} photos (--val-fraction {args.val_fraction:g}, "
+              f"--split-seed {args.split_seed}); training on {len(everything)}", file=sys.stderr)
+    # the off-the-shelf reader with the principled confidence (the CTC head at step 0), by photo index
+    step0 = read(model, evals, photos, list(range(len(photos))), cfg.beam) if cfg.head == "ctc" else None
+    summary: dict = {"photos": len(everything), "held_out": len(val_idx), "feature_seconds": round(feat_seconds, 1)}
     if args.folds >= 2:
-        folds = folds_of(len(photos), args.folds, cfg.seed)
+        folds = [[everything[j] for j in f] for f in folds_of(len(everything), args.folds, cfg.seed)]
         oof: list[dict | None] = [None] * len(photos)
         for f, held in enumerate(folds):
             model.load_state_dict(initial)
@@ -405,43 +420,61 @@ def run_transfer(args: argparse.Namespace) -> int:
             print(f"  fold {f + 1}/{args.folds}: {acc:.2%} sequence accuracy out of fold"
                   + (f" (step 0: {acc0:.2%})" if step0 else "") + f", {time.time() - t0:.0f} s", file=sys.stderr)
             log({"fold": f, "sequence_accuracy": acc, "step0_sequence_accuracy": acc0})
-        rows = [r for r in oof if r is not None]
+        rows = [oof[i] for i in everything]
         cv_dir = out / "eval" / "cv"
         predictions.write_predictions(rows, cv_dir / "predictions.jsonl")
         fold_of = {i: f for f, held in enumerate(folds) for i in held}
         if step0:
-            predictions.write_predictions([{**r, "fold": fold_of[i]} for i, r in enumerate(step0)],
+            predictions.write_predictions([{**step0[i], "fold": fold_of[i]} for i in everything],
                                          out / "eval" / "step0" / "predictions.jsonl")
         rep = metrics.report(rows)
         save_json(rep, cv_dir / "report.json")
         (cv_dir / "report.md").write_text(metrics.to_markdown(rep, title=f"Transfer {cfg.recognizer}, out of fold"))
         report_mod.write_plots(rows, rep, cv_dir, f"Transfer {cfg.recognizer}, out of fold")
-        summary["cv"] = {"fine_tuned": fold_summary(rows, folds, cfg.seed),
-                         "fine_tuned_adhoc": fold_summary(rows, folds, cfg.seed, "adhoc_confidence")}
+        summary["cv"] = {"fine_tuned": fold_summary(oof, folds, cfg.seed),
+                         "fine_tuned_adhoc": fold_summary(oof, folds, cfg.seed, "adhoc_confidence")}
         if step0:
             summary["cv"]["step0"] = fold_summary(step0, folds, cfg.seed)
             summary["cv"]["step0_adhoc"] = fold_summary(step0, folds, cfg.seed, "adhoc_confidence")
         threshold = metrics.threshold_for_accuracy(metrics.confidences(rows), metrics.correctness(rows))
+        chosen_on = "out-of-fold predictions"
     else:
-        threshold = None
-    # The shipped model: every photo.
+        threshold, chosen_on = None, None
+    # The shipped model: every photo (but the held-out ones).
     model.load_state_dict(initial)
     fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}), desc="all photos")
+    if val_idx:  # the held-out photos, read once by the shipped model: eval/val/
+        val_rows = read(model, evals, photos, val_idx, cfg.beam)
+        val_dir = out / "eval" / "val"
+        predictions.write_predictions(val_rows, val_dir / "predictions.jsonl")
+        rep = metrics.report(val_rows)
+        save_json(rep, val_dir / "report.json")
+        (val_dir / "report.md").write_text(metrics.to_markdown(rep, title=f"Transfer {cfg.recognizer}, held-out validation"))
+        summary["val"] = {"photos": len(val_idx), "sequence_accuracy": float(metrics.correctness(val_rows).mean()),
+                          "best_coverage": metrics.best_at_target(metrics.confidences(val_rows),
+                                                                  metrics.correctness(val_rows))["coverage"]}
+        print(f"  held-out validation: {summary['val']['sequence_accuracy']:.2%} sequence accuracy, "
+              f"best coverage at 98% {summary['val']['best_coverage']:.2%} ({len(val_idx)} photos)", file=sys.stderr)
+        if threshold is None:  # no folds: the threshold is chosen on the held-out photos
+            threshold = metrics.threshold_for_accuracy(metrics.confidences(val_rows), metrics.correctness(val_rows))
+            chosen_on = "held-out validation photos"
     trained = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("stem.")}
     runs.atomic_write(out / CHECKPOINT, lambda f: torch.save(
         {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
          "model": trained}, f))
-    save_json({"threshold": threshold, "target": TARGET, "chosen_on": "out-of-fold predictions",
-               "photos": len(photos)}, out / "threshold.json")
+    save_json({"threshold": threshold, "target": TARGET, "chosen_on": chosen_on,
+               "photos": len(val_idx) if chosen_on == "held-out validation photos" else len(everything)},
+              out / "threshold.json")
     summary["inference"] = inference_rate(model, photos, cfg, args.threads)
     summary["seconds"] = round(time.time() - t0, 1)
     save_json(summary, out / "cv.json")
     print(format_summary(summary), file=sys.stderr)
     print(f"inference: {summary['inference']['images_per_second']} photos/s ({args.threads} threads)", file=sys.stderr)
+    evals_written = "".join(f", eval/{d}/" for d in ("cv", "val") if (out / "eval" / d).is_dir())
     card.write_transfer_card(out, {"total": sum(p.numel() for p in model.parameters()),
                                    "trainable": sum(p.numel() for n, p in model.named_parameters()
                                                     if not n.startswith("stem.") and p.requires_grad)})
-    print(f"wrote {out}/model.pt, threshold.json, cv.json, eval/cv/, {card.CARD_FILE} in {summary['seconds']:.0f} s",
+    print(f"wrote {out}/model.pt, threshold.json, cv.json{evals_written}, {card.CARD_FILE} in {summary['seconds']:.0f} s",
           file=sys.stderr)
     if args.folds >= 2:
         print(f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}   (the out-of-fold mistakes, "
