@@ -15,6 +15,22 @@ def _shared(sub: str) -> Path:
     return path
 
 
+def fixture_folder(fixtures: Path, folder: Path, n: int) -> list:
+    """A format-1 folder of n photos made of the 3 real fixture photos of fixtures/train, repeated
+    (1.png, 2.png, ...), with its digitStruct.mat; returns its records."""
+    import shutil
+    from transcribe import svhn
+    folder.mkdir(parents=True, exist_ok=True)
+    real = svhn.read_split(fixtures / "train").records
+    records = []
+    for i in range(n):
+        src = real[i % 3]
+        shutil.copy(fixtures / "train" / src.file, folder / f"{i + 1}.png")
+        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
+    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    return records
+
+
 @pytest.fixture
 def svhn_fixtures() -> Path:
     """Real digitStruct.mat files (trimmed) with images 1-3 of each split."""

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import fixture_folder
 
 from transcribe import crops, recognizer
 from transcribe.studies import baseline
@@ -146,16 +147,9 @@ def test_baseline_command_on_real_photos_is_scored_like_a_model(svhn_fixtures, t
 def test_validation_photos_are_the_ones_our_models_hold_out(svhn_fixtures, tmp_path, monkeypatch):
     """select_photos('val') = dataset.load_splits' validation rows, with their labels."""
     pytest.importorskip("h5py")
-    from transcribe import dataset, svhn
+    from transcribe import dataset
     folder = tmp_path / "train"
-    folder.mkdir()
-    real = svhn.read_split(svhn_fixtures / "train").records
-    records = []
-    for i in range(20):  # 20 photos made of the 3 real ones: val_fraction 0.1 holds out 2
-        src = real[i % 3]
-        shutil.copy(svhn_fixtures / "train" / src.file, folder / f"{i + 1}.png")
-        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
-    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    fixture_folder(svhn_fixtures, folder, 20)
     monkeypatch.chdir(tmp_path)  # the cache goes to ./data/cache
     name, items, problems = baseline.select_photos("val", data=str(tmp_path))  # a root holding train/
     _, val = dataset.load_splits(dataset.DataConfig(train=(str(folder),), val_fraction=0.1, seed=0),

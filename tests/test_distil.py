@@ -3,9 +3,9 @@ renormalised and round-trip through their cache, and a tiny teacher teaches a ti
 
 import json
 import math
-import shutil
 
 import pytest
+from conftest import fixture_folder
 import torch
 
 from transcribe import ctc, distil
@@ -73,16 +73,9 @@ def test_top_k_is_sorted_exact_and_starts_with_the_decoded_reading():
 def test_tiny_teacher_teaches_a_tiny_student(svhn_fixtures, tmp_path):
     pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
     pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
-    from transcribe import cli, svhn
+    from transcribe import cli
     folder = tmp_path / "train"
-    folder.mkdir()
-    real = svhn.read_split(svhn_fixtures / "train").records
-    records = []
-    for i in range(20):  # 20 photos made of the 3 real ones
-        src = real[i % 3]
-        shutil.copy(svhn_fixtures / "train" / src.file, folder / f"{i + 1}.png")
-        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
-    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    fixture_folder(svhn_fixtures, folder, 20)
     teacher = tmp_path / "teacher"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "0", "--views", "1", "--epochs", "1",
                      "--val-fraction", "0.2", "--out", str(teacher), "--threads", "1",

@@ -1,10 +1,10 @@
 """Transfer: folds, out-of-fold thresholds, and the command end to end on real photos."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
+from conftest import fixture_folder
 import torch
 
 from transcribe import metrics, transfer
@@ -52,16 +52,9 @@ def test_fold_summary_reports_mean_and_spread():
 def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_path, capsys):
     pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
     pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
-    from transcribe import cli, predictions, svhn
+    from transcribe import cli, predictions
     folder = tmp_path / "train"
-    folder.mkdir()
-    real = svhn.read_split(svhn_fixtures / "train").records
-    records = []
-    for i in range(12):  # 12 photos made of the 3 real ones
-        src = real[i % 3]
-        shutil.copy(svhn_fixtures / "train" / src.file, folder / f"{i + 1}.png")
-        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
-    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    fixture_folder(svhn_fixtures, folder, 12)
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
                      "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0

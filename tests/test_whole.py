@@ -55,25 +55,17 @@ def test_predict_without_box_finds_the_number(tiny_whole_run, capsys):
 def tiny_transfer_run(tmp_path_factory):
     """A transfer run folder holding the off-the-shelf recognizer (the CTC digits head at step 0,
     as `transcribe transfer` would ship it untrained), over 6 photos made of the 3 real fixtures."""
-    import shutil
     import torch
     pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
     pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[whole]'")
-    from conftest import _shared
-    from transcribe import svhn, transfer
+    from conftest import _shared, fixture_folder
+    from transcribe import transfer
     from transcribe.config import TransferConfig, to_dict
     fixtures = _shared("svhn-fixtures")
     root = tmp_path_factory.mktemp("transferrun")
     folder, run = root / "photos", root / "run"
-    folder.mkdir()
     run.mkdir()
-    real = svhn.read_split(fixtures / "train").records
-    records = []
-    for i in range(6):
-        src = real[i % 3]
-        shutil.copy(fixtures / "train" / src.file, folder / f"{i + 1}.png")
-        records.append(svhn.Record(f"{i + 1}.png", src.digits, src.boxes))
-    svhn.write_digitstruct(folder / "digitStruct.mat", records)
+    records = fixture_folder(fixtures, folder, 6)
     cfg = TransferConfig()
     model = transfer.use_head(transfer.rec.LineRecognizer(cfg.recognizer), cfg)
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}

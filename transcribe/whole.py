@@ -12,7 +12,6 @@ modules changes only these lines.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
