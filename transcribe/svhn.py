@@ -283,15 +283,16 @@ def read_digitstruct(path: str | os.PathLike) -> list[Record]:
 # MATLAB's 128-byte v7.3 header: 116 bytes of text, 8 bytes subsystem offset, version
 # 0x0200 and the endian indicator 'IM'; the HDF5 data starts after a 512-byte user block.
 _USERBLOCK = 512
-# Every name, struct and per-digit value goes into the one `#refs#` group (MATLAB's layout), whose
-# old-style symbol table keeps all its link names in one local heap: ~2.1 million links for
-# SVHN's extra split (202,353 records). Under h5py's default metadata cache ceiling (32 MB)
-# the inserts stall once that heap grows to about the ceiling: 1.75-2 million links with the
-# old names, the last 10 minutes of a 202,353-record write adding 3 MB (scripts/bench_digitstruct.py
-# --links; README, "Full-size rehearsal"); at 128 MB, 6 million links went in without a stall. So the
-# writer raises the ceiling to HDF5's maximum, 128 MB (H5C__MAX_MAX_CACHE_SIZE), and keeps the
-# names short (base 36, as MATLAB's own "0", "0b", ...): up to 36**5 = 60 million links each
-# takes 8 heap bytes (a name and its NUL, 8-byte aligned), half of what "r1234567" took.
+# Every name, struct and per-digit value goes into the one `#refs#` group (MATLAB's layout),
+# whose old-style symbol table keeps all its link names in one local heap: ~2.1 million links
+# for SVHN's extra split (202,353 records). Under h5py's default metadata cache ceiling (32 MB)
+# the inserts stall once that heap grows to about the ceiling: after 1.75 million links with
+# the old names "r0", "r1", ... (a 202,353-record write added 3 MB in its last 10 minutes).
+# So the writer raises the ceiling to HDF5's maximum, 128 MB (H5C__MAX_MAX_CACHE_SIZE), and
+# keeps the names short (base 36; MATLAB's own are short too: "0", "0b", ...): up to 36**5 =
+# 60 million links each takes 8 heap bytes (name + NUL, 8-byte aligned), the old ones past
+# "r999999" 16. Measured with both, 6 million links (~2.9x extra) insert at a steady 2.9-3.2 s
+# per 250,000 (scripts/bench_digitstruct.py --links; README, "the full-size rehearsal").
 WRITE_CACHE_BYTES = 128 * 2**20
 _NAME_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
