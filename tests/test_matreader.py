@@ -26,11 +26,33 @@ def test_fast_parser_matches_h5py_on_real_files(svhn_fixtures, svhn_sample, monk
 
 
 def test_fast_parser_reads_written_files(tmp_path, monkeypatch):
+    """A few hundred records of 1-5 digits (thousands of links in #refs#, short base-36 names:
+    see svhn.WRITE_CACHE_BYTES), read back the same by the mmap reader and by h5py."""
+    import h5py
+
     path = tmp_path / "digitStruct.mat"
+    rng = np.random.default_rng(0)
     recs = _records() + [Record("12.png", (), ())]  # incl. MATLAB's empty [] fields
+    for i in range(400):
+        k = int(rng.integers(1, 6))
+        boxes = tuple(tuple(float(v) for v in rng.integers(0, 500, 4)) for _ in range(k))
+        recs.append(Record(f"{i + 100}.png", tuple(int(d) for d in rng.integers(0, 10, k)), boxes))
     svhn.write_digitstruct(path, recs)
     monkeypatch.setattr(svhn, "_read_entries_h5py", _no_fallback)
     assert svhn.read_digitstruct(path) == recs
+    monkeypatch.undo()
+    monkeypatch.setattr(svhn, "_FAST_PARSER", False)
+    assert svhn.read_digitstruct(path) == recs
+    with h5py.File(path, "r") as f:  # one #refs# group, as MATLAB writes it
+        names = list(f["#refs#"])
+        assert len(names) == len(set(names)) > 2 * len(recs)
+        assert max(len(n) for n in names) <= 3 and all(n.isalnum() for n in names)
+
+
+def test_ref_names_are_unique_and_short():
+    names = [svhn._ref_name(i) for i in range(36**3 + 10)]
+    assert len(set(names)) == len(names) and names[:3] == ["0", "1", "2"] and names[36] == "10"
+    assert len(svhn._ref_name(36**5 - 1)) == 5  # with its NUL, 8 heap bytes, to 60 million links
 
 
 def test_unknown_layout_falls_back_to_h5py(tmp_path):

@@ -9,8 +9,8 @@ Anything this reader does not know raises `Unsupported` and h5py reads the file 
 Measured: on a synthetic digitStruct.mat of 20,000 entries (1-3 digits each, written by
 svhn.write_digitstruct; 129 MB) on the shared 2-core machine, this reader took 6.8-7.0 s and
 h5py 45-61 s (two runs each): 6.7-8.8x faster. Both are linear in the entries, so on SVHN's
-extra split (202,353 entries) that is roughly 70 s against 8-10 minutes. (Writing a
-202,353-entry file to measure it directly took more than 40 minutes and was abandoned.)
+extra split (202,353 entries) that is roughly 70 s against 8-10 minutes; measured directly
+once the writer no longer stalled: 26.4 s (scripts/bench_digitstruct.py --records 202353 --read).
 Reproduce: write the file with svhn.write_digitstruct, then time svhn.read_entries with
 svhn._FAST_PARSER True and False.
 

@@ -283,6 +283,29 @@ def read_digitstruct(path: str | os.PathLike) -> list[Record]:
 # MATLAB's 128-byte v7.3 header: 116 bytes of text, 8 bytes subsystem offset, version
 # 0x0200 and the endian indicator 'IM'; the HDF5 data starts after a 512-byte user block.
 _USERBLOCK = 512
+# Every name, struct and per-digit value goes into the one `#refs#` group (MATLAB's layout),
+# whose old-style symbol table keeps all its link names in one local heap: ~2.1 million links
+# for SVHN's extra split (202,353 records). Under h5py's default metadata cache ceiling (32 MB)
+# the inserts stall once that heap grows to about the ceiling: after 1.75 million links with
+# the old names "r0", "r1", ... (a 202,353-record write added 3 MB in its last 10 minutes).
+# So the writer raises the ceiling to HDF5's maximum, 128 MB (H5C__MAX_MAX_CACHE_SIZE), and
+# keeps the names short (base 36; MATLAB's own are short too: "0", "0b", ...): up to 36**5 =
+# 60 million links each takes 8 heap bytes (name + NUL, 8-byte aligned), the old ones past
+# "r999999" 16. Measured with both, 6 million links (~2.9x extra) insert at a steady 2.9-3.2 s
+# per 250,000 (scripts/bench_digitstruct.py --links; README, "the full-size rehearsal").
+WRITE_CACHE_BYTES = 128 * 2**20
+_NAME_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _ref_name(i: int) -> str:
+    """The i-th link name in #refs#, base 36 ("0", "1", ... "z", "10", ...). Readers follow
+    references, never these names; they only have to be unique."""
+    out = ""
+    while True:
+        i, d = divmod(i, 36)
+        out = _NAME_DIGITS[d] + out
+        if not i:
+            return out
 
 
 def _matlab_header() -> bytes:
@@ -313,11 +336,16 @@ def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> Non
     os.close(fd)
     try:
         with h5py.File(tmp, "w", userblock_size=_USERBLOCK, libver="earliest") as f:
+            mdc = f.id.get_mdc_config()  # the cache ceiling: see WRITE_CACHE_BYTES
+            mdc.max_size = WRITE_CACHE_BYTES
+            mdc.min_size = min(mdc.min_size, WRITE_CACHE_BYTES)
+            mdc.initial_size = min(mdc.initial_size, WRITE_CACHE_BYTES)
+            f.id.set_mdc_config(mdc)
             refs = f.create_group("#refs#")
-            counter = iter(range(1 << 62))
+            counter = iter(range(1 << 62))  # link names in #refs#
 
             def double(value: float):
-                ds = refs.create_dataset(f"r{next(counter)}", data=np.array([[value]], dtype="<f8"))
+                ds = refs.create_dataset(_ref_name(next(counter)), data=np.array([[value]], dtype="<f8"))
                 ds.attrs["MATLAB_class"] = np.bytes_(b"double")
                 return ds
 
@@ -325,12 +353,12 @@ def write_digitstruct(path: str | os.PathLike, records: Iterable[Record]) -> Non
             bbox_refs = np.empty((len(records), 1), dtype=h5py.ref_dtype)
             for i, rec in enumerate(records):
                 chars = np.frombuffer(rec.file.encode("utf-16-le"), dtype="<u2").reshape(-1, 1)
-                nds = refs.create_dataset(f"r{next(counter)}", data=chars)
+                nds = refs.create_dataset(_ref_name(next(counter)), data=chars)
                 nds.attrs["MATLAB_class"] = np.bytes_(b"char")
                 nds.attrs["MATLAB_int_decode"] = np.int32(2)
                 name_refs[i, 0] = nds.ref
 
-                g = refs.create_group(f"g{next(counter)}")
+                g = refs.create_group(_ref_name(next(counter)))
                 g.attrs["MATLAB_class"] = np.bytes_(b"struct")
                 g.attrs.create("MATLAB_fields", fields_attr(MAT_FIELDS), dtype=vlen_s1)
                 labels = [10 if d == 0 else int(d) for d in rec.digits]
