@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## .venv with torch 2.14.1 and the package (editable)
 
-test: setup ## the test suite (about 2 minutes on 2 cores; under 4 with a fresh .venv)
+test: setup ## the test suite (about 3 minutes on 2 cores; about 4 with a fresh .venv)
 	$(VENV)/bin/pytest -q
 
 # tests/test_fuzz.py, long: FUZZ_EXAMPLES random cases per property (6,000 x 7 properties: about
