@@ -269,6 +269,9 @@ def test_summary_says_why_the_run_stopped_and_what_to_run_next():
     assert "92.60% at step 948 (the first 1,000 photos)" in text
     assert "transcribe evaluate runs/demo --split val" in text and "tensorboard --logdir runs/demo/tb" in text
     assert "none yet" in training.summary(Path("r"), cfg, training.FRESH_STATE, 0)
+    # a validation split smaller than --eval-limit is scored whole: no "first N" qualifier
+    assert "(the first" not in training.summary(Path("runs/demo"), cfg, state, 948, n_val=30)
+    assert "(the first 1,000 photos)" in training.summary(Path("runs/demo"), cfg, state, 948, n_val=2000)
 
 
 def test_early_stopping_after_patience_evaluations(tiny_cache, tmp_path, capsys):

@@ -528,14 +528,15 @@ def banner(out: Path, model_cfg, data_cfg, cfg: TrainConfig, device: torch.devic
     ])
 
 
-def summary(out: Path, cfg: TrainConfig, state: dict, step: int) -> str:
+def summary(out: Path, cfg: TrainConfig, state: dict, step: int, n_val: int | None = None) -> str:
     """How the run ended, printed once at its end (rank 0): the best validation accuracy and its
     step, why it stopped, where the checkpoints are, and the next command."""
     why = state["stopped"] or (f"all {cfg.steps:,} steps done" if step >= cfg.steps else "interrupted")
     best = (f"{100 * state['best']:.2f}% at step {state['best_step']}" if state["best_step"] >= 0 else "none yet")
     lines = [f"run {out}: stopped at step {step} after {state['elapsed']:.1f} s: {why}",
              f"  best validation sequence accuracy  {best}"
-             + (f" (the first {cfg.eval_limit:,} photos)" if cfg.eval_limit else ""),
+             + (f" (the first {cfg.eval_limit:,} photos)" if cfg.eval_limit and (n_val is None or cfg.eval_limit < n_val)
+                else ""),
              f"  checkpoints  {out / CKPT_BEST} (the best), {out / CKPT_LAST} (to resume: run the same command)",
              f"  TensorBoard  tensorboard --logdir {out / 'tb'}",
              f"  next         transcribe evaluate {out} --split val   (chooses the refusal threshold, "
@@ -713,7 +714,7 @@ def train(model_cfg, data_cfg, cfg: TrainConfig, soft: tuple | None = None, alph
             if writer is not None:
                 write_hparams(writer, model_cfg, data_cfg, cfg, state, step)
                 writer.close()
-                print(summary(out, cfg, state, step), flush=True)
+                print(summary(out, cfg, state, step, data.n_val), flush=True)
     finally:
         if procs.ddp:
             dist.destroy_process_group()
