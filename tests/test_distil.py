@@ -71,8 +71,8 @@ def test_top_k_is_sorted_exact_and_starts_with_the_decoded_reading():
 
 @pytest.mark.slow
 def test_tiny_teacher_teaches_a_tiny_student(svhn_fixtures, tmp_path):
-    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe[transfer]'")
-    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe[transfer]'")
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
     from transcribe import cli
     folder = tmp_path / "train"
     fixture_folder(svhn_fixtures, folder, 20)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transcribe import crops, ctc, dataset, svhn, training, transfer
+from transcribe import crops, dataset, svhn, training, transfer
 from transcribe import recognizer as rec
 from transcribe.config import MAX_DIGITS, DistilConfig, from_args, to_dict
 from transcribe.runs import save_json
@@ -65,8 +65,8 @@ def photos_of(cache: dataset.Cache) -> list[transfer.Photo]:
     return photos  # type: ignore[return-value]
 
 
-def read_top_k(model: rec.LineRecognizer, cfg, photos: list[transfer.Photo], k: int, threads: int,
-               batch: int = 64) -> list[list[tuple[str, float]]]:
+def read_top_k(model: rec.LineRecognizer, cfg, photos: list[transfer.Photo], k: int,
+               threads: int) -> list[list[tuple[str, float]]]:
     """The teacher's k most probable transcriptions of each photo with their exact log P(S|X)."""
     stem = rec.StemSession(model, threads)
     out: list[list[tuple[str, float]]] = [[] for _ in photos]
@@ -74,12 +74,9 @@ def read_top_k(model: rec.LineRecognizer, cfg, photos: list[transfer.Photo], k: 
     for s in range(0, len(photos), 1024):  # in chunks: the stem features of 20,000 views would fill memory
         chunk = photos[s:s + 1024]
         feats = transfer.stem_features(stem, [transfer.eval_view(p, cfg) for p in chunk], cfg, desc="teacher")
-        model.eval()
-        with torch.no_grad():
-            for b in transfer.batches_by_width(list(range(len(chunk))), feats, batch, None):
-                log_probs = model.from_stem(transfer.stack(feats, b))                 # (B, T, 11)
-                for i, readings in zip(b, ctc.decode_top_k(log_probs, k, max(cfg.beam, k), MAX_DIGITS)):
-                    out[s + i] = [(r.text, r.logp) for r in readings]
+        rows = transfer.read(model, feats, chunk, list(range(len(chunk))), cfg.beam, top_k=k)
+        for i, row in enumerate(rows):  # transfer.read's alternatives: the beam's survivors, rescored exactly
+            out[s + i] = [(text, logp) for text, logp in row["alternatives"]]
         print(f"  teacher: {min(s + 1024, len(photos))}/{len(photos)} photos labelled "
               f"({time.time() - start:.0f} s)", file=sys.stderr)
     return out
