@@ -141,19 +141,6 @@ class NeckHead(torch.nn.Module):
         return self.model.from_stem(features)
 
 
-def _onnx2torch_opset_lookup() -> None:
-    """onnx2torch's converted nodes (Shape, Slice...) export themselves by reading the export's opset
-    from torch.onnx.symbolic_helper, where this torch no longer keeps it (torchscript_exporter's
-    GLOBALS does): point onnx2torch's lookup there. Without it the export fails with an
-    AttributeError as soon as those nodes take their export branch."""
-    from types import SimpleNamespace
-
-    from onnx2torch.utils import common
-    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
-    if not hasattr(common.symbolic_helper, "GLOBALS"):
-        common.symbolic_helper = SimpleNamespace(GLOBALS=GLOBALS)
-
-
 def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 0, say=print) -> dict:
     """A transfer run (transfer.py) for the runtime: OUT/stem.onnx (the recognizer's frozen stem,
     the graph the run computed its features with), OUT/model.onnx (the fine-tuned neck and head,
@@ -169,7 +156,6 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
     out.mkdir(parents=True, exist_ok=True)
     runs.atomic_write(out / "stem.onnx", model.stem_onnx)
     net = NeckHead(model).eval()
-    _onnx2torch_opset_lookup()
     tmp = out / "model.onnx.tmp"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

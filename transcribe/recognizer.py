@@ -163,9 +163,25 @@ def split_graph(path: Path):
     return stem, neck, weight, bias, chars
 
 
+def _onnx2torch_opset_lookup() -> None:
+    """onnx2torch's converted nodes (Shape, Slice...) export themselves to ONNX by reading the
+    export's opset from torch.onnx.symbolic_helper, where this torch no longer keeps it
+    (torchscript_exporter's GLOBALS does): point onnx2torch's lookup there, once, where modules are
+    converted. Without it `torch.onnx.export` of a converted module fails with an AttributeError as
+    soon as those nodes take their export branch (export.py, transfer runs)."""
+    from types import SimpleNamespace
+
+    from onnx2torch.utils import common
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    if not hasattr(common.symbolic_helper, "GLOBALS"):
+        common.symbolic_helper = SimpleNamespace(GLOBALS=GLOBALS)
+
+
 def to_torch(graph) -> nn.Module:
     """onnx2torch conversion with every floating-point weight made trainable."""
     from onnx2torch import convert
+
+    _onnx2torch_opset_lookup()
 
     with warnings.catch_warnings():  # onnx2torch's Slice indexes with a list (a deprecation warning)
         warnings.simplefilter("ignore")
