@@ -57,8 +57,11 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
         parameters = {"total": sum(p.numel() for p in model.parameters()),
                       "trainable": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("stem."))}
         config = json.loads((run / "config.json").read_text())
-        # the photos the run was trained on, split as every other run's: 10% held out, seed 0
-        data_cfg = DataConfig(train=(config["train"],))
+        # `--split val`: the photos `transfer --val-fraction F --split-seed S` held out, else the usual
+        # 10% with seed 0 of its training folder (photos a run without --val-fraction trained on)
+        held = config.get("val_fraction") or 0
+        data_cfg = DataConfig(train=(config["train"],), **({"val_fraction": held, "seed": config.get("split_seed", 0)}
+                                                            if held > 0 else {}))
         return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, data_cfg, None,
                          runs.read_threshold(run), parameters)
     model, ckpt, data_cfg = runs.load_run(run, checkpoint, device=device)
