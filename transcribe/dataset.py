@@ -444,28 +444,11 @@ def prepare_batch(images, crop: int = INPUT_SIZE, train: bool = True, generator=
     uint8 - mean promotes to float32 in one pass into the output, which is divided in place.
     The result is the NHWC buffer seen as (B, 3, crop, crop): channels_last with no copy.
     The output equals the straightforward computation bit for bit (tests/test_dataset.py).
-    On the CPU it runs on one thread (`_one_thread`).
+    It runs on torch's threads as set: pinning it to one thread per call (tried) read 66,000–87,000
+    img/s on the quiet 2-core VM against 102,000–150,000 on two; it only helped under heavy load
+    (README, "Speed").
     """
-    images = torch.as_tensor(images)
-    with _one_thread(images.device):
-        return _prepare(images, crop, train, generator, index)
-
-
-@contextlib.contextmanager
-def _one_thread(device):
-    """torch on one CPU thread inside the block. Measured on the 2-core VM shared with other jobs
-    (load average 17): prepare_batch at batch 64 ran at 168 img/s on 2 threads and 80,730 on one,
-    because each of its short parallel regions waits for a thread the OS has given to another job;
-    on an idle machine the second thread gains little on these memory-bound copies (README, "Speed")."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return _prepare(torch.as_tensor(images), crop, train, generator, index)
 
 
 def _prepare(images, crop: int, train: bool, generator, index):
