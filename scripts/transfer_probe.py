@@ -28,7 +28,7 @@ def main() -> None:
     base = TransferConfig(views=4, epochs=8)  # the views of `make train-sample`
     cfg = dataclasses.replace(base, **json.loads(args.overrides))
     photos, _ = transfer.load_photos(args.train)
-    model = transfer.use_head(rec.LineRecognizer(cfg.recognizer), cfg)
+    model = transfer.use_head(rec.LineRecognizer(cfg.recognizer, base.tune_stages), cfg)
     evals, augmented, _ = transfer.views_and_features(model, photos, base, args.threads)
     held = transfer.folds_of(len(photos), 5, base.seed)[args.fold]
     start = time.time()

@@ -63,6 +63,21 @@ def test_stem_in_onnxruntime_equals_the_torch_stem(model):
     assert (a - b).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("stages", [1, 2])
+def test_a_backbone_cut_before_its_last_stages_reads_as_the_whole(model, stages):
+    cut = recognizer.LineRecognizer("ppocr-v6-small", tune_stages=stages).eval()
+    x = torch.randn(2, 3, 48, 96)
+    with torch.no_grad():
+        feats = recognizer.StemSession(cut, threads=1)(x)        # what transfer.py caches
+        assert feats.shape[2] > 1                                  # a stage's input, not the pooled output
+        assert (cut.from_stem(feats) - model(x)).abs().max() < 1e-3
+    groups = cut.parameter_groups()
+    assert sum(p.numel() for p in groups["tail"]) > 1_000_000      # the last stage alone holds 1.5M weights
+    assert sum(p.numel() for ps in groups.values() for p in ps) == sum(p.numel() for p in cut.parameters())
+    with pytest.raises(ValueError, match="tune_stages must be 0..3"):
+        recognizer.LineRecognizer("ppocr-v6-small", tune_stages=9)
+
+
 def test_every_weight_trains():
     model = recognizer.LineRecognizer("ppocr-v6-small").train()
     groups = model.parameter_groups()

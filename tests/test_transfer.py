@@ -57,9 +57,9 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     fixture_folder(svhn_fixtures, folder, 12)
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
-                     "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+                     "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--amp", "off"]) == 0
     said = capsys.readouterr().err  # what it runs on at the start, the next commands at the end
-    assert "1 threads, float32" in said and "trainable parameters (the stem frozen)" in said
+    assert "1 threads, float32" in said and "trainable parameters (the backbone's last 1 stage(s)" in said
     assert f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}" in said
     assert said.rstrip().endswith(f"next: transcribe predict PHOTO.png --box L,T,W,H --run {out}")
     rows = predictions.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
@@ -89,3 +89,38 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     card = (out / "MODEL_CARD.md").read_text()
     assert "# Model card: run" in card and "12 photos" in card and "3-fold cross-validation" in card
     assert "| cv | 12 |" in card and "## Known limits" in card
+
+
+class _TinyReader(torch.nn.Module):
+    """Stands in for the recognizer after its stem: (B, C, H, T) -> (B, T, 11) log-probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 11)
+
+    def from_stem(self, feats):
+        return self.proj(feats.mean(2).transpose(1, 2)).log_softmax(-1)
+
+
+def test_training_precision_is_measured_only_where_bf16_can_win(monkeypatch):
+    from transcribe import precision
+    from transcribe.config import TransferConfig
+    model = _TinyReader()
+    feats = [torch.randn(4, 2, 10, dtype=torch.float16) for _ in range(3)]
+    photos = [transfer.Photo(f"{i}.png", "12", np.zeros((4, 4, 3), np.uint8), (0, 0, 4, 4)) for i in range(3)]
+    said = []
+    assert transfer.training_precision(model, feats, photos, TransferConfig(amp="off")) == "off"
+    assert transfer.training_precision(model, feats, photos, TransferConfig(amp="bf16")) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)   # no bf16 instructions: no stopwatch
+    monkeypatch.setattr(precision, "time_calls", lambda fns: pytest.fail("measured"))
+    assert transfer.training_precision(model, feats, photos, TransferConfig(), log=said.append) == "off"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    for seconds, expected in (({"off": 1.0, "bf16": 0.5}, "bf16"), ({"off": 1.0, "bf16": 0.95}, "off")):
+        def timed(fns, seconds=seconds):
+            for fn in fns.values():
+                fn()                                                     # each step runs: forward, loss, backward
+            return seconds
+        monkeypatch.setattr(precision, "time_calls", timed)
+        assert transfer.training_precision(model, feats, photos, TransferConfig(), log=said.append) == expected
+    assert all(p.grad is None for p in model.parameters())             # the measurement leaves no gradient
+    assert "takes 1000 ms in float32, 500 ms under bf16 here: bf16" in said[0]

@@ -67,7 +67,7 @@ def tiny_transfer_run(tmp_path_factory):
     run.mkdir()
     records = fixture_folder(fixtures, folder, 6)
     cfg = TransferConfig()
-    model = transfer.use_head(transfer.rec.LineRecognizer(cfg.recognizer), cfg)
+    model = transfer.use_head(transfer.rec.LineRecognizer(cfg.recognizer, cfg.tune_stages), cfg)
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("stem.")}
     torch.save({"kind": "transfer", "config": to_dict(cfg), "model": weights,
                 "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, run / transfer.CHECKPOINT)

@@ -236,11 +236,19 @@ class TransferConfig:
         "help": "evaluation crop: the union of the digit boxes widened by this factor", "flag_name": "crop_widen"})
     min_width: int = dataclasses.field(default=REC_MIN_WIDTH, metadata={
         "help": "inputs right-padded to at least this width (RapidOCR: 320)"})
+    tune_stages: int = dataclasses.field(default=1, metadata={
+        "help": "the backbone's last stages that train with the neck and head (0: the whole backbone frozen); "
+                "the frozen part's features are computed once, at the cut"})
     views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
     epochs: int = dataclasses.field(default=12, metadata={"help": "passes over the training photos"})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "photos per step"})
     lr: float = dataclasses.field(default=3e-4, metadata={"help": "AdamW learning rate of the neck"})
     head_lr: float = dataclasses.field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
+    stem_lr: float = dataclasses.field(default=1e-4, metadata={
+        "help": "AdamW learning rate of the backbone's trained stages (--tune-stages)"})
+    amp: str = dataclasses.field(default="auto", metadata={
+        "help": "training precision: auto (bf16 autocast where a few measured steps say it is faster), "
+                "bf16 or off (float32)", "choices": ("auto", "bf16", "off")})
     weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
     beam: int = dataclasses.field(default=CTC_BEAM, metadata={"help": "prefix beam width (1: best path)"})
     head: str = dataclasses.field(default="ctc", metadata={

@@ -131,7 +131,8 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
 
 
 class NeckHead(torch.nn.Module):
-    """A transfer reader after its stem: (B, 384, 1, T) stem features -> (B, T, 11) log-probabilities."""
+    """A transfer reader after its frozen stem: (B, C, H, T) stem features (the backbone's output, or
+    the input of the stages the run trained) -> (B, T', 11) log-probabilities."""
 
     def __init__(self, model):
         super().__init__()
@@ -143,7 +144,7 @@ class NeckHead(torch.nn.Module):
 
 def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 0, say=print) -> dict:
     """A transfer run (transfer.py) for the runtime: OUT/stem.onnx (the recognizer's frozen stem,
-    the graph the run computed its features with), OUT/model.onnx (the fine-tuned neck and head,
+    the graph the run computed its features with), OUT/model.onnx (the fine-tuned stages, neck and head,
     dynamic batch and width), detector.onnx and model.json; checked on the run's validation photos
     read at their true boxes by both paths (runtime.LineReader against transfer.transcribe_photos)."""
     from transcribe import ctc, runs, transfer, whole
@@ -157,9 +158,10 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
     runs.atomic_write(out / "stem.onnx", model.stem_onnx)
     net = NeckHead(model).eval()
     tmp = out / "model.onnx.tmp"
+    example = transfer.rec.StemSession(model)(torch.zeros(2, 3, transfer.rec.HEIGHT, cfg.min_width))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(2, 384, 1, cfg.min_width // transfer.rec.FRAME),), str(tmp),
+        torch.onnx.export(net, (example,), str(tmp),
                           input_names=["features"], output_names=["logp"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"features": {0: "batch", 3: "frames"}, "logp": {0: "batch", 1: "frames"}})
     spec = {

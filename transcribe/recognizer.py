@@ -147,20 +147,43 @@ def _fix_graph(model):
     return model, weight, bias, matmul.input[0]
 
 
-def split_graph(path: Path):
-    """The recognizer cut in two ONNX graphs at the end of its convolutional backbone (the output
-    of its last AveragePool, (B, 384, 1, W/8)): `stem` (B, 3, 48, W) -> that, and `neck` ->
-    the classifier's input (B, W/8, 120). -> (stem, neck, classifier weight, bias, characters)."""
+def stage_cuts(stem) -> list[str]:
+    """Where the backbone's stages begin: the input tensor of each of its downsampling convolutions
+    (stride 2 in height) after the first, earliest first. Cutting at the k-th last of them leaves
+    the last k stages (with the final pooling) on the trainable side."""
+    cuts = []
+    for k, node in enumerate(stem.graph.node):
+        strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
+        if k > 0 and node.op_type == "Conv" and strides[0] == 2:
+            cuts.append(node.input[0])
+    return cuts
+
+
+def split_graph(path: Path, tune_stages: int = 0):
+    """The recognizer cut in ONNX graphs: `stem` (B, 3, 48, W) -> the frozen features, `tail` (the
+    backbone's last `tune_stages` stages, None for 0) -> the output of its last AveragePool,
+    (B, 384, 1, W/8), and `neck` -> the classifier's input (B, W/8, 120).
+    -> (stem, tail, neck, classifier weight, bias, characters)."""
     import onnx
 
     model = onnx.load(str(path))
     chars = characters(model)
     model, weight, bias, features = _fix_graph(model)
-    cut = [n for n in model.graph.node if n.op_type == "AveragePool"][-1].output[0]
+    pooled = [n for n in model.graph.node if n.op_type == "AveragePool"][-1].output[0]
     extractor = onnx.utils.Extractor(model)
+    backbone = extractor.extract_model([model.graph.input[0].name], [pooled])
+    neck = extractor.extract_model([pooled], [features])
+    if tune_stages == 0:
+        return backbone, None, neck, weight, bias, chars
+    cuts = stage_cuts(backbone)
+    if not 0 < tune_stages <= len(cuts):
+        raise ValueError(f"{path.name}: tune_stages must be 0..{len(cuts)} (its backbone has {len(cuts) + 1} stages)")
+    cut = cuts[-tune_stages]
     stem = extractor.extract_model([model.graph.input[0].name], [cut])
-    neck = extractor.extract_model([cut], [features])
-    return stem, neck, weight, bias, chars
+    tail = extractor.extract_model([cut], [pooled])
+    if [i.name for i in tail.graph.input] != [cut]:  # a skip connection across the cut
+        raise ValueError(f"{path.name}: the graph cannot be cut at {cut}")
+    return stem, tail, neck, weight, bias, chars
 
 
 def _onnx2torch_opset_lookup() -> None:
@@ -226,26 +249,31 @@ class DigitHead(nn.Module):
 
 
 class LineRecognizer(nn.Module):
-    """Pretrained backbone + digits-only head: (B, 3, 48, W) in [-1, 1], BGR -> (B, W/8, 11)."""
+    """Pretrained backbone + digits-only head: (B, 3, 48, W) in [-1, 1], BGR -> (B, W/8, 11).
 
-    def __init__(self, name: str = "ppocr-v6-small"):
+    The backbone is cut in two: `stem`, frozen (its features are computed once, by onnxruntime:
+    StemSession), and `tail`, its last `tune_stages` stages, which train with the neck and head
+    (an identity for 0: the whole backbone frozen)."""
+
+    def __init__(self, name: str = "ppocr-v6-small", tune_stages: int = 0):
         super().__init__()
         path = onnx_file(name)
-        self.name, self.source_sha256 = name, sha256(path)
-        stem, neck, weight, bias, chars = split_graph(path)
+        self.name, self.source_sha256, self.tune_stages = name, sha256(path), tune_stages
+        stem, tail, neck, weight, bias, chars = split_graph(path, tune_stages)
         self.stem_onnx = stem.SerializeToString()  # for StemSession: the frozen stem in onnxruntime
-        self.stem = to_torch(stem)   # (B, 3, 48, W) -> (B, 384, 1, W/8), the convolutional backbone
-        self.neck = to_torch(neck)   # -> (B, W/8, 120), convolutions + 2 transformer blocks
+        self.stem = to_torch(stem)   # (B, 3, 48, W) -> frozen features: (B, 384, 1, W/8) or a stage's input
+        self.tail = to_torch(tail) if tail is not None else nn.Identity()  # the backbone's last stages
+        self.neck = to_torch(neck)   # (B, 384, 1, W/8) -> (B, W/8, 120), convolutions + 2 transformer blocks
         self.head = DigitHead(weight, bias, digit_columns(chars))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_stem(self.stem(x))
 
     def from_stem(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, 384, 1, W/8) stem features -> (B, W/8, 11) log-probabilities."""
+        """Frozen stem features -> (B, W/8, 11) log-probabilities."""
         with warnings.catch_warnings():  # onnx2torch's Slice indexes with a list; checked equal to onnxruntime
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
-            return self.head(self.neck(features))
+            return self.head(self.neck(self.tail(features)))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -255,9 +283,9 @@ class LineRecognizer(nn.Module):
         return self
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by depth, for layer-wise learning rates (or a frozen stem)."""
-        return {"stem": list(self.stem.parameters()), "neck": list(self.neck.parameters()),
-                "head": list(self.head.parameters())}
+        """Parameters by depth, for layer-wise learning rates (the stem frozen)."""
+        return {"stem": list(self.stem.parameters()), "tail": list(self.tail.parameters()),
+                "neck": list(self.neck.parameters()), "head": list(self.head.parameters())}
 
 
 class StemSession:

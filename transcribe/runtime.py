@@ -68,9 +68,9 @@ class Reader:
 
 
 class LineReader:
-    """An exported transfer reader (transfer.py): stem.onnx, the recognizer's convolutional backbone
-    as in the rapidocr wheel, and model.onnx, the fine-tuned neck and digits-only CTC head,
-    (B, 384, 1, T) -> (B, T, 11) log-probabilities; decoded by prefix beam search and rescored
+    """An exported transfer reader (transfer.py): stem.onnx, the frozen part of the recognizer's
+    convolutional backbone as in the rapidocr wheel, and model.onnx, the fine-tuned stages, neck and
+    digits-only CTC head, stem features (B, C, H, T) -> (B, T', 11) log-probabilities; decoded by prefix beam search and rescored
     exactly (ctcsearch.py), as ctc.decode does."""
 
     def __init__(self, folder: Path, spec: dict, reader, threads: int = 0):

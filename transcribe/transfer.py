@@ -7,11 +7,14 @@ The recipe (recognizer.py has the model; ctc.py the likelihood and decoding):
    stretched `stretch` times in width), and `views` augmented views per photo for training
    (box jitter and widening 1.0-1.3, stretch jitter, small rotation, colour and contrast jitter,
    blur). Augmentation suited to house numbers: they are upright, printed, framed by people.
-3. The convolutional stem is frozen (Practical Methodology, sec. 11.2: copy the model; with
-   1,800 photos the 2.7M stem weights would only overfit, and freezing it is what makes the
-   recipe fit in minutes on 2 cores): every view's stem features are computed ONCE, with
-   onnxruntime. The neck (two convolutions, two transformer blocks, 0.33M weights) and the
-   digits-only head (6k) train on them with AdamW and CTC, log P(S|X) as the objective.
+3. Most of the convolutional backbone is frozen (Practical Methodology, sec. 11.2: copy the
+   model; with 1,800 photos its 1.2M early weights would only overfit, and freezing them is what
+   makes the recipe fit in minutes on 2 cores): every view's features at the cut are computed
+   ONCE, with onnxruntime. The backbone's last stage (`tune_stages` 1: 1.5M weights, at a lower
+   rate), the neck (two convolutions, two transformer blocks, 0.33M) and the digits-only head
+   (6k) train on them with AdamW and CTC, log P(S|X) as the objective, under bf16 autocast where
+   a few measured steps say it is faster. `tune_stages` 0 freezes the whole backbone (features
+   at its end: the earlier recipe).
 4. k-fold cross-validation (default 5): each fold trains on the other folds and predicts its
    own photos, so every photo gets one out-of-fold prediction; the refusal threshold for a fold
    is chosen on half of its photos and applied to the other half (and the other way round),
@@ -121,7 +124,8 @@ def train_view(photo: Photo, cfg: TransferConfig, rng: np.random.Generator) -> t
 
 def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: int = 32,
                   desc: str = "features") -> list[torch.Tensor]:
-    """(384, W/8) float16 features of each input, each padded as RapidOCR pads it alone (to
+    """The frozen stem's float16 features of each input ((384, 1, W/8) for a frozen backbone, a
+    stage's input (C, H, W/s) with --tune-stages), each padded as RapidOCR pads it alone (to
     max(min_width, its width)); inputs of equal padded width share a batch."""
     widths = [max(cfg.min_width, x.shape[-1]) for x in inputs]
     widths = [int(math.ceil(w / rec.FRAME)) * rec.FRAME for w in widths]
@@ -133,7 +137,7 @@ def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: 
         for k in range(0, len(idx), batch):
             chunk = idx[k:k + batch]
             x, _ = rec.collate([inputs[i] for i in chunk], width)
-            feats = stem(x)[:, :, 0, :].to(torch.float16)          # (b, 384, W/8)
+            feats = stem(x).to(torch.float16)                        # (b, C, H, T)
             for i, f in zip(chunk, feats):
                 out[i] = f.clone()
             bar.update(len(chunk))
@@ -157,7 +161,7 @@ def batches_by_width(items: list[int], feats: list[torch.Tensor], size: int, rng
 
 
 def stack(feats: list[torch.Tensor], idx: list[int]) -> torch.Tensor:
-    return torch.stack([feats[i] for i in idx]).float().unsqueeze(2)   # (B, 384, 1, T)
+    return torch.stack([feats[i] for i in idx]).float()   # (B, C, H, T)
 
 
 class SequenceHead(torch.nn.Module):
@@ -201,8 +205,8 @@ def nll(model: rec.LineRecognizer, feats: torch.Tensor, texts: list[str], cfg: T
     """-log P(S|X), averaged over the batch, under either head."""
     out = model.from_stem(feats)
     if cfg.head == "sequence":
-        return sequence.loss(*out, *(t.to(feats.device) for t in labels(texts)))
-    return -ctc.log_likelihood(out, texts).mean()
+        return sequence.loss(*(o.float() for o in out), *(t.to(feats.device) for t in labels(texts)))
+    return -ctc.log_likelihood(out.float(), texts).mean()
 
 
 # ----------------------------------------------------------------------------- train and predict
@@ -251,16 +255,55 @@ def read(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Phot
     return [rows[i] for i in idx]
 
 
+def training_precision(model: rec.LineRecognizer, feats: list[torch.Tensor], photos: list[Photo],
+                       cfg: TransferConfig, log=print) -> str:
+    """cfg.amp, with auto resolved as `transcribe train --amp auto` resolves it (precision.py): no
+    bf16 on a processor without bf16 instructions; otherwise a few training steps (forward,
+    CTC loss, backward) of the trained part on real features, timed in float32 and under bf16
+    autocast in turns, and bf16 only where it is faster by more than precision.BF16_MARGIN."""
+    from . import precision
+    device = next(model.parameters()).device
+    if cfg.amp != "auto":
+        return cfg.amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    if device.type != "cpu" or precision.cpu_has_bf16() is False:
+        return "off"
+    idx = batches_by_width(list(range(len(feats))), feats, cfg.batch_size, None)[0]
+    x, texts = stack(feats, idx).to(device), [photos[i].text or "0" for i in idx]
+    steps = {}
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        for amp in ("off", "bf16"):
+            def step(autocast=precision.autocast_for(amp, device.type)):
+                with autocast():
+                    out = model.from_stem(x)
+                (-ctc.log_likelihood(out.float(), texts).mean()).backward()
+            steps[amp] = step
+        seconds = precision.time_calls(steps)
+    model.zero_grad(set_to_none=True)
+    amp = precision.pick(seconds)
+    log(f"  --amp auto: a training step at batch {len(idx)} takes {1e3 * seconds['off']:.0f} ms in float32, "
+        f"{1e3 * seconds['bf16']:.0f} ms under bf16 here: {'bf16' if amp == 'bf16' else 'float32'}")
+    return amp
+
+
 def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos: list[Photo],
-              idx: list[int], cfg: TransferConfig, log=None, desc: str = "fine-tuning") -> None:
-    """Train the neck and head on the augmented views' features of photos[idx], in place."""
+              idx: list[int], cfg: TransferConfig, log=None, desc: str = "fine-tuning", amp: str = "off") -> None:
+    """Train the backbone's last stages (cfg.tune_stages), the neck and the head on the augmented
+    views' features of photos[idx], in place; `amp` 'bf16' runs the forward pass under bf16
+    autocast (training_precision chooses)."""
+    from . import precision
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW([{"params": model.neck.parameters(), "lr": cfg.lr},
-                             {"params": model.head.parameters(), "lr": cfg.head_lr}],
+    groups = model.parameter_groups()
+    opt = torch.optim.AdamW([{"params": groups["tail"], "lr": cfg.stem_lr},
+                             {"params": groups["neck"], "lr": cfg.lr},
+                             {"params": groups["head"], "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
     base = [g["lr"] for g in opt.param_groups]
     device = next(model.parameters()).device
+    autocast = precision.autocast_for(amp, device.type)
     steps = cfg.epochs * math.ceil(len(idx) / cfg.batch_size)
     step, start = 0, time.time()
     bar = progress_bar(total=steps, desc=desc, unit="step")
@@ -273,7 +316,9 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
         for b in batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng):
             for g, lr in zip(opt.param_groups, base):  # cosine decay to 0 over the run
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = nll(model, stack(chosen, b).to(device), [texts[i] for i in b], cfg)
+            x = stack(chosen, b).to(device)
+            with autocast():
+                loss = nll(model, x, [texts[i] for i in b], cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -346,7 +391,8 @@ def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads:
     changes a view), so training settings can be tried without recomputing them.
     -> (evaluation features, [features of view v for v in range(views)], seconds spent)."""
     key = json.dumps({"photos": [p.path for p in photos], "sha256": model.source_sha256,
-                      "view": [cfg.stretch, cfg.widen, cfg.min_width, cfg.views, cfg.seed], "version": 1})
+                      "view": [cfg.stretch, cfg.widen, cfg.min_width, cfg.views, cfg.seed],
+                      "cut": cfg.tune_stages, "version": 2})
     path = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None
     t0 = time.time()
     if path is not None and path.is_file():
@@ -379,15 +425,19 @@ def run_transfer(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.train}: {len(photos)} usable photos, too few")
     print(f"transfer {cfg.recognizer}: {len(photos)} photos from {args.train} ({len(problems)} skipped), "
           f"stretch {cfg.stretch}, {cfg.views} views, {cfg.epochs} epochs, {args.folds} folds -> {out}", file=sys.stderr)
-    # the neck and head train on `--device`; the frozen stem runs once per view in onnxruntime (CPU)
-    model = use_head(rec.LineRecognizer(cfg.recognizer), cfg).to(runs.resolve_device(args.device))
+    # the tail, neck and head train on `--device`; the frozen stem runs once per view in onnxruntime (CPU)
+    model = use_head(rec.LineRecognizer(cfg.recognizer, cfg.tune_stages), cfg).to(runs.resolve_device(args.device))
     trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("stem."))
-    print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, float32; "
-          f"{trainable:,} trainable parameters (the stem frozen)", file=sys.stderr)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = sum(p.numel() for p in model.stem.parameters())
     evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
     print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
-    save_json({"transfer": cfg, "train": args.train, "folds": args.folds, "photos": len(photos),
+    amp = training_precision(model, augmented[0] if cfg.views else evals, photos, cfg,
+                             log=lambda m: print(m, file=sys.stderr))
+    print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
+          f"{'bf16 autocast' if amp == 'bf16' else 'float32'}; {trainable:,} trainable parameters "
+          f"(the backbone's last {cfg.tune_stages} stage(s), the neck, the head; {frozen:,} frozen)", file=sys.stderr)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    save_json({"transfer": cfg, "amp": amp, "train": args.train, "folds": args.folds, "photos": len(photos),
                "val_fraction": args.val_fraction, "split_seed": args.split_seed,
                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
     (out / runs.METRICS_FILE).write_text("")  # a new run: one row per epoch and per fold
@@ -412,7 +462,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             model.load_state_dict(initial)
             train_idx = sorted(set(everything) - set(held))
             fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}),
-                      desc=f"fold {f + 1}/{args.folds}")
+                      desc=f"fold {f + 1}/{args.folds}", amp=amp)
             for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
                 oof[i] = {**row, "fold": f}
             acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
@@ -442,7 +492,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         threshold, chosen_on = None, None
     # The shipped model: every photo (but the held-out ones).
     model.load_state_dict(initial)
-    fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}), desc="all photos")
+    fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}), desc="all photos",
+              amp=amp)
     if val_idx:  # the held-out photos, read once by the shipped model: eval/val/
         val_rows = read(model, evals, photos, val_idx, cfg.beam)
         val_dir = out / "eval" / "val"
@@ -521,8 +572,8 @@ def load(run: str | Path) -> tuple[rec.LineRecognizer, TransferConfig, float | N
     """A transfer run's model (rebuilt from the wheel's recognizer, fine-tuned weights loaded)."""
     run = Path(run)
     ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
-    cfg = TransferConfig(**ckpt["config"])
-    model = use_head(rec.LineRecognizer(ckpt["source"]["name"]), cfg)
+    cfg = TransferConfig(**{"tune_stages": 0, **ckpt["config"]})  # runs from before --tune-stages froze it all
+    model = use_head(rec.LineRecognizer(ckpt["source"]["name"], cfg.tune_stages), cfg)
     if model.source_sha256 != ckpt["source"]["sha256"]:
         raise ValueError(f"{run / CHECKPOINT}: fine-tuned from another {ckpt['source']['name']} file "
                          f"(sha256 {ckpt['source']['sha256'][:12]}, installed {model.source_sha256[:12]})")
