@@ -57,7 +57,8 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     fixture_folder(svhn_fixtures, folder, 12)
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
-                     "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--amp", "off"]) == 0
+                     "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--amp", "off",
+                     "--keep-folds"]) == 0
     said = capsys.readouterr().err  # what it runs on at the start, the next commands at the end
     assert "1 threads, float32" in said and "trainable parameters (the backbone's last 1 stage(s)" in said
     assert f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}" in said
@@ -65,6 +66,20 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     rows = predictions.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
     assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(12))  # each photo once
     assert {r["fold"] for r in rows} == {0, 1, 2}
+    for f in range(3):  # --keep-folds: each fold's model, and the photos it never saw = its out-of-fold rows
+        held = json.loads((out / "folds" / str(f) / "config.json").read_text())["held_out"]
+        assert sorted(held) == sorted(r["file"] for r in rows if r["fold"] == f)
+        assert transfer.load(out / "folds" / str(f))[1].tune_stages == 1
+    # fit-chooser: each photo read by the fold model that never saw it, at every candidate box
+    assert cli.main(["fit-chooser", str(out), "--limit", "3", "--threads", "1"]) == 0
+    readings = (out / "chooser-readings.jsonl").read_text().splitlines()
+    assert len(readings) == 3 and all(json.loads(r)["candidates"] for r in readings)
+    held = {f: json.loads((out / "folds" / str(f) / "config.json").read_text())["held_out"] for f in range(3)}
+    assert all(json.loads(r)["file"] in held[int(json.loads(r)["fold"])] for r in readings)
+    spec = json.loads((out / "chooser.json").read_text())
+    assert spec["cross_validated"]["photos"] == 3 and len(spec["weights"]) == len(spec["features"])
+    assert cli.main(["fit-chooser", str(out), "--limit", "3", "--threads", "1"]) == 0      # read once: resumed
+    assert "0 to read" in capsys.readouterr().out
     assert all(r["confidence"] <= 0 for r in rows)
     cv = json.loads((out / "cv.json").read_text())["cv"]
     assert len(cv["fine_tuned"]["folds"]) == 3 and 0 <= cv["step0"]["sequence_accuracy"]["mean"] <= 1

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("transcribe.studies.compare", "compare several predictions files on one accuracy-vs-coverage plot"),
     "distil": ("transcribe.distil", "train the paper's ConvNet on a transfer run's soft targets plus the true labels"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
+    "fit-chooser": ("transcribe.whole", "learn which candidate box holds the number, from a transfer run's fold models"),
     "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
     "diagnose": ("transcribe.studies.methodology", "name the regime of a run: underfitting, overfitting or a defect"),
@@ -231,6 +232,9 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     C.add_dataclass_arguments(parser, C.TransferConfig)
     parser.add_argument("--train", required=True, help="format-1 folder of labelled photos")
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: train only; default: 5)")
+    parser.add_argument("--keep-folds", action=argparse.BooleanOptionalAction, default=False,
+                        help="also keep each fold's model as RUN/folds/K/ (a run folder whose config.json names the "
+                             "photos it never saw), to read out-of-fold photos later (default: no)")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold out the validation split `transcribe train --val-fraction F --split-seed S` holds "
                              "out (the same photos): never trained on, read at the end into eval/val/ (default 0: none)")

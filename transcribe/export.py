@@ -183,6 +183,11 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
                      "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
+    from transcribe import chooser
+    if (run / chooser.CHOOSER_FILE).is_file():  # the run's learned choice among candidate boxes, read by numpy
+        chooser.Chooser.load(run / chooser.CHOOSER_FILE)
+        runs.atomic_write(out / chooser.CHOOSER_FILE, (run / chooser.CHOOSER_FILE).read_bytes())
+        spec["localize"]["chooser"] = chooser.CHOOSER_FILE
     # Check before keeping: the runtime's whole path (view, stem, graph, numpy decoding) against the
     # torch one, on the validation photos at their true boxes.
     reader = whole.run_reader(run)

@@ -17,6 +17,7 @@ module as it is, with an ONNX reader in place of the torch one.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -267,6 +268,8 @@ class Located:
     candidates: int        # how many crops were read
     detections: int        # how many text boxes the detector returned
     boxes: list            # every candidate box, to tell a missing candidate from a wrong choice
+    readings: list = dataclasses.field(default_factory=list)  # the reader's output for every candidate
+    sources: list = dataclasses.field(default_factory=list)   # where every candidate came from
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -352,7 +355,7 @@ def crop_reader(read: Reader, widen: float = WIDEN, size: int = CACHE_SIZE) -> B
 
 
 def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, widen: float = WIDEN,
-           size: int = CACHE_SIZE, read_boxes: BoxReader | None = None) -> Located:
+           size: int = CACHE_SIZE, read_boxes: BoxReader | None = None, chooser=None) -> Located:
     """Detect, read every candidate box as the reader reads a known box, let the reader choose.
 
     `read` gets crops as the cache builder makes them (crop_reader); a reader that cuts the photo
@@ -371,14 +374,19 @@ def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, wi
     the true box (IoU >= 0.5) for 74.0% and read 45.5% right; this sum, 81.5% and 46.5%. With the
     transfer reader (runs/sample-transfer, 100 training photos, scripts/whole_rules.py) the sum
     still wins: 88% read right against 83% for the single most probable crop.
+
+    A fitted `chooser` (chooser.Chooser: a choice learned from out-of-fold readings) replaces that
+    rule where a run has one.
     """
     passes = detector.passes(image) if hasattr(detector, "passes") else [detector(image)[0]]
     cands = candidates(passes, image.shape[:2], widen)
     results = (read_boxes or crop_reader(read, widen, size))(image, [b for b, _ in cands])
-    best = choose(results)
+    boxes, sources = [b for b, _ in cands], [s for _, s in cands]
+    best = chooser.choose(results, boxes, sources, image.shape[:2]) if chooser is not None else choose(results)
     box, source = cands[best]
     return Located(box=box, crop_box=crops.widen(box, widen), read=results[best], source=source,
-                   candidates=len(cands), detections=sum(len(b) for b in passes), boxes=[b for b, _ in cands])
+                   candidates=len(cands), detections=sum(len(b) for b in passes), boxes=boxes,
+                   readings=results, sources=sources)
 
 
 def choose(results: list[dict]) -> int:

@@ -463,6 +463,10 @@ def run_transfer(args: argparse.Namespace) -> int:
             train_idx = sorted(set(everything) - set(held))
             fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}),
                       desc=f"fold {f + 1}/{args.folds}", amp=amp)
+            if args.keep_folds:  # a run folder per fold: its model and the photos it never saw
+                save_model(model, cfg, out / "folds" / str(f))
+                save_json({"transfer": cfg, "train": args.train, "fold": f, "held_out": [Path(photos[i].path).name for i in held]},
+                          out / "folds" / str(f) / "config.json")
             for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
                 oof[i] = {**row, "fold": f}
             acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
@@ -509,10 +513,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         if threshold is None:  # no folds: the threshold is chosen on the held-out photos
             threshold = metrics.threshold_for_accuracy(metrics.confidences(val_rows), metrics.correctness(val_rows))
             chosen_on = "held-out validation photos"
-    trained = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("stem.")}
-    runs.atomic_write(out / CHECKPOINT, lambda f: torch.save(
-        {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
-         "model": trained}, f))
+    save_model(model, cfg, out)
     save_json({"threshold": threshold, "target": TARGET, "chosen_on": chosen_on,
                "photos": len(val_idx) if chosen_on == "held-out validation photos" else len(everything)},
               out / "threshold.json")
@@ -532,6 +533,15 @@ def run_transfer(args: argparse.Namespace) -> int:
               f"marked by the shipped threshold)", file=sys.stderr)
     print(f"next: transcribe predict PHOTO.png --box L,T,W,H --run {out}", file=sys.stderr)
     return 0
+
+
+def save_model(model: rec.LineRecognizer, cfg: TransferConfig, folder: Path) -> None:
+    """FOLDER/model.pt: the trained weights (the frozen stem is rebuilt from the wheel's file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trained = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("stem.")}
+    runs.atomic_write(folder / CHECKPOINT, lambda f: torch.save(
+        {"kind": "transfer", "config": to_dict(cfg), "source": {"name": cfg.recognizer, "sha256": model.source_sha256},
+         "model": trained}, f))
 
 
 def transcribe_photos(model: rec.LineRecognizer, cfg: TransferConfig, photos: list[Photo], stem: "rec.StemSession",

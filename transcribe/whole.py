@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from transcribe import crops, localize, runtime
+from transcribe import chooser as chooser_mod
+from transcribe import crops, localize, runtime, svhn
 
 NO_READING = runtime.NO_READING   # log P of a candidate box the reader cannot cut (outside the photo)
 
@@ -37,6 +38,7 @@ class RunReader:
     step: Any                      # the checkpoint's step (None for a transfer run)
     threshold: dict | None         # the saved refusal threshold that belongs to this reader, if any
     parameters: Any                # for the model card: a count (ConvNet) or {total, trainable} (transfer)
+    chooser: Any = None            # RUN/chooser.json (chooser.Chooser): the learned choice among candidates
 
 
 def is_transfer(run: Path) -> bool:
@@ -63,14 +65,20 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
         data_cfg = DataConfig(train=(config["train"],), **({"val_fraction": held, "seed": config.get("split_seed", 0)}
                                                             if held > 0 else {}))
         return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, data_cfg, None,
-                         runs.read_threshold(run), parameters)
+                         runs.read_threshold(run), parameters, _chooser(run))
     model, ckpt, data_cfg = runs.load_run(run, checkpoint, device=device)
     saved = runs.read_threshold(run)
     if saved is not None and not (saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint):
         saved = None
     return RunReader("convnet", localize.crop_reader(_torch_reader(model, data_cfg, top_k), data_cfg.widen, data_cfg.size),
                      data_cfg.widen, data_cfg.size, data_cfg, ckpt.get("step"), saved,
-                     sum(p.numel() for p in model.parameters()))
+                     sum(p.numel() for p in model.parameters()), _chooser(run))
+
+
+def _chooser(run: Path):
+    """The run's learned choice among candidate boxes (`transcribe fit-chooser`), if it has one."""
+    path = run / chooser_mod.CHOOSER_FILE
+    return chooser_mod.Chooser.load(path) if path.is_file() else None
 
 
 def _split(split: str, data_cfg):
@@ -137,7 +145,7 @@ def read_whole_run(paths, run: str | Path, device: str = "cpu", top_k: int = 0) 
     reader = run_reader(run, device=device, top_k=top_k)
     threshold = (reader.threshold or {}).get("threshold")
     return runtime.read_photos(paths, None, localize.Detector(), threshold, reader.widen, reader.size,
-                               read_boxes=reader.read_boxes)
+                               read_boxes=reader.read_boxes, chooser=reader.chooser)
 
 
 # ---------------------------------------------------------------- evaluate --no-boxes
@@ -184,7 +192,7 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
             continue
         truth_box = _number_box([float(v) for v in cache.boxes[i]], reader.data_cfg.widen)
         true_box = [round(float(v), 2) for v in crops.widen(truth_box, reader.widen)]
-        loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes)
+        loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes, chooser=reader.chooser)
         overlap = localize.iou(loc.box, truth_box)
         reachable.append(max(localize.iou(b, truth_box) for b in loc.boxes))
         sources[loc.source] = sources.get(loc.source, 0) + 1
@@ -212,7 +220,10 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
     rep["localization"] = {"iou_at_least_0.5": float((ious >= 0.5).mean()), "mean_iou": float(ious.mean()),
                            "some_candidate_iou_at_least_0.5": float((np.array(reachable) >= 0.5).mean()),
                            "chosen_from": sources, "seconds_per_photo": seconds / len(rows),
-                           "reader": reader.kind, "run_threshold_applied": applied, "with_boxes": with_boxes}
+                           "reader": reader.kind, "run_threshold_applied": applied, "with_boxes": with_boxes,
+                           "choice": (f"learned ({run / chooser_mod.CHOOSER_FILE}, fitted on "
+                                      f"{reader.chooser.spec['photos']} photos)" if reader.chooser is not None
+                                      else "the transcription's probability summed over the candidates")}
     rep["split"] = split
     rep["checkpoint"] = {"name": checkpoint, "step": reader.step}
     save_json(rep, out / "report.json")
@@ -240,6 +251,7 @@ def summary(rep: dict, name: str) -> str:
              f"chosen from {', '.join(f'{k} {v}' for k, v in sorted(loc['chosen_from'].items()))})",
              f"  some candidate IoU >= 0.5 {_pct(loc['some_candidate_iou_at_least_0.5'])} (the most the reader's "
              f"choice could reach)",
+             f"  choice among candidates   {loc.get('choice', 'the transcription probability summed over the candidates')}",
              f"  sequence accuracy         {_pct(rep['sequence_accuracy'])}",
              f"  coverage at {_pct(rep['target'])}       {_pct(th['coverage'])} (threshold chosen on these photos)"]
     if loc["with_boxes"]:
@@ -258,3 +270,154 @@ def summary(rep: dict, name: str) -> str:
 def _markdown(loc: dict, rep: dict) -> str:
     return "\n## Without boxes\n\n```\n" + summary(rep, "this split") + "\n```\n"
 
+
+
+# ---------------------------------------------------------------- fit-chooser
+
+def add_fit_chooser_arguments(parser) -> None:
+    import os
+    parser.add_argument("run", type=Path, help="a `transcribe transfer --keep-folds` run: each of its folds/K/ "
+                                               "models reads the photos it never trained on")
+    parser.add_argument("--train", default=None, help="format-1 folder of those photos (default: the run's --train)")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="leave out the validation split `transcribe train --val-fraction F --split-seed S` "
+                             "holds out of --train (the photos the chooser will be judged on; default 0: none)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
+    parser.add_argument("--limit", type=int, default=600, help="photos to read, spread over the folds (default: 600)")
+    parser.add_argument("--out", type=Path, default=None, help="chooser JSON to write (default: RUN/chooser.json); "
+                                                              "the readings go beside it (…-readings.jsonl)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="onnxruntime and torch CPU threads (default: %(default)s)")
+
+
+def run_fit_chooser(args) -> int:
+    import torch
+    torch.set_num_threads(args.threads)
+    fit_chooser(args.run, args.train, args.val_fraction, args.split_seed, args.limit, args.out, args.threads)
+    return 0
+
+
+def _photo_rows(path: Path) -> dict[str, dict]:
+    """The readings stored so far (a cut-off last line, from an interrupted run, is read again)."""
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            rows[row["file"]] = row
+    return rows
+
+
+def chooser_data(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, positive) per photo: positive = reads the true number at a box with IoU >= 0.5."""
+    out = []
+    for r in rows:
+        c = r["candidates"]
+        feats = chooser_mod.features(c, [x["box"] for x in c], [x["source"] for x in c], tuple(r["shape"]))
+        pos = np.array([x["pred"] == r["truth"] and localize.iou(x["box"], r["true_box"]) >= 0.5 for x in c])
+        out.append((feats, pos))
+    return out
+
+
+def _score_choice(rows: list[dict], picks: list[int]) -> dict:
+    ok = [r["candidates"][k]["pred"] == r["truth"] for r, k in zip(rows, picks)]
+    near = [localize.iou(r["candidates"][k]["box"], r["true_box"]) >= 0.5 for r, k in zip(rows, picks)]
+    return {"sequence_accuracy": float(np.mean(ok)), "iou_at_least_0.5": float(np.mean(near))}
+
+
+def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float = 0.0, split_seed: int = 0,
+                limit: int = 600, out: str | Path | None = None, threads: int = 2, say=print, folds: int = 5) -> dict:
+    """Read `limit` photos, each by the fold model of `run` that never trained on it, at every
+    candidate box; fit chooser.Chooser to those readings; report it against the summed-probability
+    rule, cross-validated over the photos (`folds`), and write the chooser fitted on all of them."""
+    from transcribe import dataset
+    from transcribe.config import DataConfig
+    from transcribe.progress import bar as progress_bar
+    from transcribe.runs import atomic_write, save_json
+    run = Path(run)
+    fold_dirs = sorted((d for d in (run / "folds").glob("*") if (d / "config.json").is_file()), key=lambda d: d.name)
+    if not fold_dirs:
+        raise ValueError(f"{run / 'folds'}: no fold models; run `transcribe transfer ... --keep-folds` first")
+    configs = [json.loads((d / "config.json").read_text()) for d in fold_dirs]
+    folder = Path(train or configs[0]["train"])
+    split = svhn.read_split(folder)
+    records = {r.file: r for r in split.records}
+    excluded: set[str] = set()
+    if val_fraction > 0:
+        _, val = dataset.load_splits(DataConfig(train=(str(folder),), val_fraction=val_fraction, seed=split_seed),
+                                     progress=False)
+        excluded = {Path(str(f)).name for f in val.files}
+    out = Path(out) if out else run / chooser_mod.CHOOSER_FILE
+    readings_path = out.with_name(out.stem + "-readings.jsonl")
+    quota = -(-limit // len(fold_dirs))
+    plan = [(d, [f for f in c["held_out"] if f in records and f not in excluded][:quota])
+            for d, c in zip(fold_dirs, configs)]
+    done = _photo_rows(readings_path)
+    todo = sum(len([f for f in files if f not in done]) for _, files in plan)
+    say(f"fit-chooser: {sum(len(f) for _, f in plan)} photos of {folder} ({len(excluded)} left out), each read by the "
+        f"fold model that never saw it; {len(done)} already read ({readings_path}), {todo} to read")
+    if todo:
+        detector = localize.Detector(threads=threads)
+        bar = progress_bar(total=todo, desc="candidates", unit="photo")
+        with open(readings_path, "a") as fh:
+            for d, files in plan:
+                pending = [f for f in files if f not in done]
+                if not pending:
+                    continue
+                reader = run_reader(d)
+                for name in pending:
+                    rec = records[name]
+                    try:
+                        image = localize.load_photo(folder / name)
+                    except localize.PhotoError as err:
+                        say(f"skipped: {err}")
+                        continue
+                    loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes)
+                    row = {"file": name, "fold": d.name, "truth": rec.text, "shape": list(image.shape[:2]),
+                           "true_box": [float(v) for v in crops.number_box(rec.boxes)],
+                           "candidates": [{"box": [round(float(v), 2) for v in b], "source": s, "pred": r["pred"],
+                                           "confidence": float(r["confidence"])}
+                                          for b, s, r in zip(loc.boxes, loc.sources, loc.readings)]}
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    done[name] = row
+                    bar.update(1)
+        bar.close()
+    wanted = [f for _, files in plan for f in files]
+    rows = [done[f] for f in wanted if f in done]
+    data = chooser_data(rows)
+    # Cross-validated over photos: each photo's choice by a chooser fitted on the other folds.
+    order = np.random.default_rng(0).permutation(len(rows))
+    learned = [0] * len(rows)
+    for k in range(folds):
+        test = set(order[k::folds].tolist())
+        fitted = [data[i] for i in range(len(rows)) if i not in test]
+        if not any(y.any() for _, y in fitted):  # nothing to learn from: the old rule
+            for i in test:
+                learned[i] = localize.choose(rows[i]["candidates"])
+            continue
+        ch = chooser_mod.Chooser(chooser_mod.fit(fitted))
+        for i in test:
+            learned[i] = int(np.argmax(ch.scores(data[i][0])))
+    summed = [localize.choose(r["candidates"]) for r in rows]
+    report = {"photos": len(rows), "folds": folds,
+              "summed_probability": _score_choice(rows, summed), "learned": _score_choice(rows, learned),
+              "reachable": {"iou_at_least_0.5": float(np.mean([any(localize.iou(c["box"], r["true_box"]) >= 0.5
+                                                                   for c in r["candidates"]) for r in rows])),
+                            "right_box_and_reading": float(np.mean([y.any() for _, y in data]))}}
+    spec = chooser_mod.fit(data)
+    spec.update({"run": str(run), "train": str(folder), "left_out": len(excluded), "readings": str(readings_path),
+                 "cross_validated": report})
+    atomic_write(out, json.dumps(spec, indent=2) + "\n")
+    say(f"  on {len(rows)} photos, each choice by a chooser fitted on the other {folds - 1} of {folds} folds of them:")
+    for name, key in (("summed probability (before)", "summed_probability"), ("learned chooser", "learned")):
+        s = report[key]
+        say(f"    {name:<28} IoU >= 0.5 {100 * s['iou_at_least_0.5']:.2f}%, sequence accuracy "
+            f"{100 * s['sequence_accuracy']:.2f}%")
+    say(f"    reachable: some candidate IoU >= 0.5 {100 * report['reachable']['iou_at_least_0.5']:.2f}%, "
+        f"the true number read at such a box {100 * report['reachable']['right_box_and_reading']:.2f}%")
+    say(f"wrote {out} (fitted on all {len(rows)}); `transcribe evaluate RUN --no-boxes` and `predict` use it "
+        f"when it sits in the run folder as {chooser_mod.CHOOSER_FILE}")
+    return spec
