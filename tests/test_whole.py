@@ -145,3 +145,30 @@ def test_runtime_decodes_as_ctc_decode():
         for text in ("", "7", "11", "2024"):
             a, b = float(ctc.log_likelihood(lp, [text])[0]), ctcsearch.log_likelihood(lp[0].numpy(), text)
             assert a == b == -np.inf or a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_runs_chooser_picks_the_candidate_in_evaluate_predict_and_the_runtime(tiny_transfer_run, tmp_path,
+                                                                                monkeypatch, capsys):
+    """RUN/chooser.json (transcribe fit-chooser) replaces the summed-probability rule wherever a whole
+    photo is searched; here a hand-made chooser that always takes the whole photo."""
+    import shutil
+    from transcribe import chooser, export, runtime
+    run, folder, records = tiny_transfer_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine, ignore=shutil.ignore_patterns("eval", "export"))
+    f = len(chooser.FEATURES)
+    spec = {"format": chooser.FORMAT, "features": list(chooser.FEATURES), "mean": [0.0] * f, "std": [1.0] * f,
+            "weights": [10.0 if name == "source_photo" else 0.0 for name in chooser.FEATURES], "photos": 1}
+    (mine / chooser.CHOOSER_FILE).write_text(json.dumps(spec))
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(mine), "--split", str(folder), "--no-boxes", "--limit", "2", "--cards", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "choice among candidates   learned" in said and "chosen by summed probability instead" in said
+    rows = read_predictions(mine / "eval" / "photos-noboxes" / "predictions.jsonl")
+    assert [r["source"] for r in rows] == ["photo", "photo"]
+    assert main(["predict", str(folder / "1.png"), "--run", str(mine), "--format", "jsonl"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["box_source"] == "localized (photo)"
+    export.export_run(mine, tmp_path / "export", say=lambda *a: None)
+    assert json.loads((tmp_path / "export" / "model.json").read_text())["localize"]["chooser"] == chooser.CHOOSER_FILE
+    got, _ = runtime.predict([folder / "1.png"], tmp_path / "export")
+    assert got[0]["source"] == "photo"

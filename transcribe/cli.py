@@ -246,7 +246,7 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch and onnxruntime CPU threads (default: %(default)s)")
     parser.add_argument("--cache-dir", default="data/cache/transfer",
                         help="where the stem features of the views are cached ('' = no cache)")
-    C.add_device_argument(parser)  # the neck and head; the frozen stem runs in onnxruntime on the CPU
+    C.add_device_argument(parser)  # the trained stage, neck and head; the frozen stem runs in onnxruntime on the CPU
 
 
 def add_distil_arguments(parser: argparse.ArgumentParser) -> None:

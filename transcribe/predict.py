@@ -220,7 +220,7 @@ def _predict_transfer(paths, run: Path, box, boxes, top_k: int, device: str, bat
     from transcribe import localize, transfer
     from transcribe.runs import resolve_device
     model, cfg, threshold = transfer.load(run)
-    model.to(resolve_device(device))  # the neck and head; the frozen stem runs in onnxruntime on the CPU
+    model.to(resolve_device(device))  # the trained stage, neck and head; the frozen stem runs in onnxruntime on the CPU
     stem = transfer.rec.StemSession(model)
     wanted = boxes if boxes is not None else [None if box is None else (box, "given")] * len(paths)
     rows: list[dict | None] = [None] * len(paths)

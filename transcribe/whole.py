@@ -55,7 +55,7 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
         from transcribe import transfer
         from transcribe.config import DataConfig
         model, cfg, _ = transfer.load(run)
-        model.to(runs.resolve_device(device))  # the neck and head; the frozen stem runs in onnxruntime
+        model.to(runs.resolve_device(device))  # the trained stage, neck and head; the frozen stem runs in onnxruntime
         parameters = {"total": sum(p.numel() for p in model.parameters()),
                       "trainable": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("stem."))}
         config = json.loads((run / "config.json").read_text())
@@ -181,7 +181,7 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
     indices = np.arange(len(cache)) if not limit else np.arange(min(limit, len(cache)))
     out = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}") + "-noboxes")
     detector = localize.Detector()
-    rows, given, sources, reachable = [], [], {}, []
+    rows, given, sources, reachable, old_rule = [], [], {}, [], []
     started = time.perf_counter()
     for i in indices.tolist():
         path = cache.path(i)
@@ -195,6 +195,9 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
         loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes, chooser=reader.chooser)
         overlap = localize.iou(loc.box, truth_box)
         reachable.append(max(localize.iou(b, truth_box) for b in loc.boxes))
+        if reader.chooser is not None:  # the summed-probability rule on the same readings, for comparison
+            k = localize.choose(loc.readings)
+            old_rule.append((localize.iou(loc.boxes[k], truth_box) >= 0.5, loc.readings[k]["pred"] == cache.text(i)))
         sources[loc.source] = sources.get(loc.source, 0) + 1
         common = {"image": str(Path(path).resolve()), "file": str(cache.files[i]), "truth": cache.text(i)}
         rows.append({**common, **loc.read, "box": [round(float(v), 2) for v in loc.crop_box],
@@ -223,7 +226,10 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
                            "reader": reader.kind, "run_threshold_applied": applied, "with_boxes": with_boxes,
                            "choice": (f"learned ({run / chooser_mod.CHOOSER_FILE}, fitted on "
                                       f"{reader.chooser.spec['photos']} photos)" if reader.chooser is not None
-                                      else "the transcription's probability summed over the candidates")}
+                                      else "the transcription's probability summed over the candidates"),
+                           "summed_probability_rule": ({"iou_at_least_0.5": float(np.mean([a for a, _ in old_rule])),
+                                                        "sequence_accuracy": float(np.mean([b for _, b in old_rule]))}
+                                                       if old_rule else None)}
     rep["split"] = split
     rep["checkpoint"] = {"name": checkpoint, "step": reader.step}
     save_json(rep, out / "report.json")
@@ -254,6 +260,10 @@ def summary(rep: dict, name: str) -> str:
              f"  choice among candidates   {loc.get('choice', 'the transcription probability summed over the candidates')}",
              f"  sequence accuracy         {_pct(rep['sequence_accuracy'])}",
              f"  coverage at {_pct(rep['target'])}       {_pct(th['coverage'])} (threshold chosen on these photos)"]
+    if loc.get("summed_probability_rule"):
+        o = loc["summed_probability_rule"]
+        lines.append(f"  the same readings, chosen by summed probability instead: IoU >= 0.5 "
+                     f"{_pct(o['iou_at_least_0.5'])}, sequence accuracy {_pct(o['sequence_accuracy'])}")
     if loc["with_boxes"]:
         w = loc["with_boxes"]
         lines.append(f"  the same reader, boxes given: accuracy {_pct(w['sequence_accuracy'])}, coverage at "
