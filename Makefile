@@ -23,7 +23,7 @@ SAMPLE ?= ../shared/data/svhn-sample/train
 TRAIN_FOLDERS := $(DATA)/train $(wildcard $(DATA)/extra)
 VAL_ARGS      := $(if $(wildcard $(DATA)/extra),--val-size 6000,--val-fraction 0.1)
 
-.PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu distil-sample cv-table ablation lr-sweep \
+.PHONY: help setup test fuzz demo data train evaluate gallery train-sample train-sample-cpu distil-sample whole-sample cv-table ablation lr-sweep \
         learning-curve diagnose check search bench baseline compare figures clean clean-runs \
         serve bench-serve rehearsal
 
@@ -140,6 +140,16 @@ distil-sample: setup ## distil the fine-tuned recognizer into the cpu ConvNet: w
 	$(TR) evaluate $(DISTIL_BASE) --split val
 	$(PY) scripts/bench_distil.py $(DISTIL_RUN) $(TEACHER_RUN) --train $(SAMPLE) --limit 256 --rounds 3 --threads 2
 
+# Whole photos, honestly: the same transfer recipe trained without the usual 200 validation photos
+# (10%, seed 0), given train-sample's box chooser (fitted with those photos left out), evaluated on
+# them without their boxes, beside the same reader at the given boxes.
+whole-sample: setup ## whole photos on the 200 validation photos no part of the reader or chooser saw
+	test -f $(TRANSFER_RUN)/chooser.json || $(MAKE) train-sample
+	test -f $(TEACHER_RUN)/model.pt || $(TR) transfer --train $(SAMPLE) --folds 0 --views 4 --epochs 8 \
+	    --val-fraction 0.1 --split-seed 0 --out $(TEACHER_RUN)
+	cp $(TRANSFER_RUN)/chooser.json $(TEACHER_RUN)/chooser.json
+	$(TR) evaluate $(TEACHER_RUN) --split val --no-boxes
+
 # ---------------------------------------------------------------- methodology (book ch. 11)
 # STUDY is the training folder these tools study: the real sample by default.
 #> training folder of the methodology and baseline targets
@@ -191,10 +201,13 @@ baseline: setup ## RapidOCR's PP-OCRv4 and v6 recognizers on the sample's photos
 	    --split $(STUDY) --out runs/baseline/rapidocr-v6-s$$s-all || exit 1; done
 	$(TR) baseline --engine rapidocr --crop-widen 1.0 --threads 2 --split $(STUDY) --out runs/baseline/rapidocr-v4-all
 
+#> a transfer run with the whole backbone frozen (--tune-stages 0), shown in cv-table when it exists
+FROZEN_RUN ?= runs/sample-transfer-frozen
 cv-table: setup ## every system on the same 5 folds of the sample: mean ± sd (after baseline, train-sample)
 	$(PY) scripts/cv_table.py --folds 5 --split-seed 0 --json runs/cv-table.json \
 	    transfer=$(TRANSFER_RUN)/eval/cv/predictions.jsonl \
 	    transfer-adhoc=$(TRANSFER_RUN)/eval/cv/predictions.jsonl:adhoc_confidence \
+	    $(if $(wildcard $(FROZEN_RUN)/eval/cv/predictions.jsonl),transfer-frozen=$(FROZEN_RUN)/eval/cv/predictions.jsonl) \
 	    v6-digits-head-step0=$(TRANSFER_RUN)/eval/step0/predictions.jsonl \
 	    rapidocr-v6-s1.5=runs/baseline/rapidocr-v6-s1.5-all/predictions.jsonl \
 	    rapidocr-v6-s1.0=runs/baseline/rapidocr-v6-s1.0-all/predictions.jsonl \

@@ -25,14 +25,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base = TransferConfig(views=4, epochs=8)  # the views of `make train-sample`
-    cfg = dataclasses.replace(base, **json.loads(args.overrides))
+    overrides = json.loads(args.overrides)
+    # the views of `make train-sample`, cut where the overrides cut the backbone
+    base = TransferConfig(views=4, epochs=8, tune_stages=overrides.get("tune_stages", TransferConfig.tune_stages))
+    cfg = dataclasses.replace(base, **overrides)
     photos, _ = transfer.load_photos(args.train)
     model = transfer.use_head(rec.LineRecognizer(cfg.recognizer, base.tune_stages), cfg)
     evals, augmented, _ = transfer.views_and_features(model, photos, base, args.threads)
     held = transfer.folds_of(len(photos), 5, base.seed)[args.fold]
     start = time.time()
-    transfer.fine_tune(model, augmented, photos, sorted(set(range(len(photos))) - set(held)), cfg)
+    amp = transfer.training_precision(model, augmented[0], photos, cfg)
+    transfer.fine_tune(model, augmented, photos, sorted(set(range(len(photos))) - set(held)), cfg, amp=amp)
     rows = transfer.read(model, evals, photos, held, cfg.beam)
     ok = metrics.correctness(rows)
     best = metrics.best_at_target(np.array([r["confidence"] for r in rows]), ok)["coverage"]

@@ -139,3 +139,22 @@ def test_training_precision_is_measured_only_where_bf16_can_win(monkeypatch):
         assert transfer.training_precision(model, feats, photos, TransferConfig(), log=said.append) == expected
     assert all(p.grad is None for p in model.parameters())             # the measurement leaves no gradient
     assert "takes 1000 ms in float32, 500 ms under bf16 here: bf16" in said[0]
+
+
+@pytest.mark.slow
+def test_transfer_streams_fresh_views_without_a_feature_cache(svhn_fixtures, tmp_path):
+    """--stream (full SVHN: cached views would not fit in memory): no cache is written, every photo
+    still gets its out-of-fold prediction, and the run loads as any other."""
+    pytest.importorskip("onnx2torch", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+    pytest.importorskip("rapidocr", reason="optional extra: pip install 'transcribe-svhn[transfer]'")
+    from transcribe import cli, predictions
+    folder = tmp_path / "train"
+    fixture_folder(svhn_fixtures, folder, 6)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    assert cli.main(["transfer", "--train", str(folder), "--folds", "2", "--stream", "--epochs", "1",
+                     "--batch-size", "4", "--out", str(out), "--threads", "1", "--cache-dir", str(cache)]) == 0
+    assert not cache.exists()
+    rows = predictions.read_predictions(out / "eval" / "cv" / "predictions.jsonl")
+    assert sorted(r["file"] for r in rows) == sorted(f"{i + 1}.png" for i in range(6))
+    assert json.loads((out / "config.json").read_text())["transfer"]["stream"] is True
+    assert transfer.load(out)[1].stream

@@ -172,3 +172,20 @@ def test_a_runs_chooser_picks_the_candidate_in_evaluate_predict_and_the_runtime(
     assert json.loads((tmp_path / "export" / "model.json").read_text())["localize"]["chooser"] == chooser.CHOOSER_FILE
     got, _ = runtime.predict([folder / "1.png"], tmp_path / "export")
     assert got[0]["source"] == "photo"
+
+
+def test_evaluate_a_transfer_run_at_the_given_boxes(tiny_transfer_run, tmp_path, monkeypatch, capsys):
+    """`transcribe evaluate TRANSFER_RUN --split FOLDER` reads every photo at its given box and scores
+    it with the run's own threshold, which evaluating leaves as it was."""
+    run, folder, records = tiny_transfer_run
+    before = (run / "threshold.json").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run), "--split", str(folder), "--cards", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "sequence accuracy" in said and "validation threshold" in said
+    rows = read_predictions(run / "eval" / "photos" / "predictions.jsonl")
+    assert sorted(r["file"] for r in rows) == sorted(r.file for r in records)
+    assert rows[[r["file"] for r in rows].index("1.png")]["pred"] == "19"
+    rep = json.loads((run / "eval" / "photos" / "report.json").read_text())
+    assert rep["threshold"]["value"] == -0.5 and "out-of-fold" in rep["threshold"]["source"]
+    assert (run / "threshold.json").read_text() == before

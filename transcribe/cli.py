@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     module, run = COMMANDS[name][0], f"run_{fn}"
     if name == "evaluate" and not args.boxes:  # whole photos: localize, then read (whole.py reads evaluation.py)
         module, run = "transcribe.whole", "run_evaluate_without_boxes"
+    elif name == "evaluate" and (args.run / "model.pt").is_file():  # a transfer run: transfer.CHECKPOINT
+        module, run = "transcribe.whole", "run_evaluate_transfer"
     try:
         result = getattr(importlib.import_module(module), run)(args)
     except KeyboardInterrupt:

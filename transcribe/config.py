@@ -240,6 +240,9 @@ class TransferConfig:
         "help": "the backbone's last stages that train with the neck and head (0: the whole backbone frozen); "
                 "the frozen part's features are computed once, at the cut"})
     views: int = dataclasses.field(default=4, metadata={"help": "augmented views per training photo"})
+    stream: bool = dataclasses.field(default=False, metadata={
+        "help": "no feature cache: a fresh augmented view of every photo each epoch, through the frozen stem a "
+                "batch at a time (for a training set whose cached views would not fit in memory, e.g. full SVHN)"})
     epochs: int = dataclasses.field(default=12, metadata={"help": "passes over the training photos"})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "photos per step"})
     lr: float = dataclasses.field(default=3e-4, metadata={"help": "AdamW learning rate of the neck"})

@@ -199,7 +199,8 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
     for i in range(n):
         image = localize.load_photo(cache.path(i))
         box = crops.widen([float(v) for v in cache.boxes[i]], 1 / reader.data_cfg.widen)
-        feats = transfer.stem_features(stem, [transfer.eval_view(transfer.photo_from(image, box, ""), cfg)], cfg)
+        feats = transfer.stem_features(stem, [transfer.eval_view(transfer.photo_from(image, box, ""), cfg)], cfg,
+                                         progress=False)
         with torch.no_grad():
             lp_torch = model.from_stem(transfer.stack(feats, [0]))            # (1, T, 11)
         got = ctc.decode(lp_torch, cfg.beam)[0]

@@ -123,7 +123,7 @@ def train_view(photo: Photo, cfg: TransferConfig, rng: np.random.Generator) -> t
 # ----------------------------------------------------------------------------- stem features
 
 def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: int = 32,
-                  desc: str = "features") -> list[torch.Tensor]:
+                  desc: str = "features", progress: bool = True) -> list[torch.Tensor]:
     """The frozen stem's float16 features of each input ((384, 1, W/8) for a frozen backbone, a
     stage's input (C, H, W/s) with --tune-stages), each padded as RapidOCR pads it alone (to
     max(min_width, its width)); inputs of equal padded width share a batch."""
@@ -131,7 +131,7 @@ def stem_features(stem, inputs: list[torch.Tensor], cfg: TransferConfig, batch: 
     widths = [int(math.ceil(w / rec.FRAME)) * rec.FRAME for w in widths]
     out: list[torch.Tensor | None] = [None] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda i: widths[i])
-    bar = progress_bar(total=len(inputs), desc=desc, unit="view")
+    bar = progress_bar(total=len(inputs), desc=desc, unit="view", disable=not progress)
     for width in sorted(set(widths)):
         idx = [i for i in order if widths[i] == width]
         for k in range(0, len(idx), batch):
@@ -288,11 +288,15 @@ def training_precision(model: rec.LineRecognizer, feats: list[torch.Tensor], pho
     return amp
 
 
-def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos: list[Photo],
-              idx: list[int], cfg: TransferConfig, log=None, desc: str = "fine-tuning", amp: str = "off") -> None:
+def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]] | None, photos: list[Photo],
+              idx: list[int], cfg: TransferConfig, log=None, desc: str = "fine-tuning", amp: str = "off",
+              stem=None) -> None:
     """Train the backbone's last stages (cfg.tune_stages), the neck and the head on the augmented
     views' features of photos[idx], in place; `amp` 'bf16' runs the forward pass under bf16
-    autocast (training_precision chooses)."""
+    autocast (training_precision chooses). feats: the cached views' features (views_and_features);
+    or None and `stem` (frozen_stem), --stream: every epoch draws fresh augmented views and runs
+    them through the frozen stem a batch at a time, for training sets whose cached views would not
+    fit in memory (SVHN's 33,402 training photos: 30 GB of features at 5 views)."""
     from . import precision
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -309,14 +313,22 @@ def fine_tune(model: rec.LineRecognizer, feats: list[list[torch.Tensor]], photos
     bar = progress_bar(total=steps, desc=desc, unit="step")
     for epoch in range(cfg.epochs):
         model.train()
-        # one of its augmented views per photo per epoch, drawn at random
-        chosen = [feats[(epoch + int(rng.integers(cfg.views))) % cfg.views][i] for i in idx]
         texts = [photos[i].text for i in idx]
         total, n = 0.0, 0
-        for b in batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng):
+        if feats is not None:  # one of its augmented views per photo per epoch, drawn at random
+            chosen = [feats[(epoch + int(rng.integers(cfg.views))) % cfg.views][i] for i in idx]
+            batches = batches_by_width(list(range(len(idx))), chosen, cfg.batch_size, rng)
+        else:                  # a fresh augmented view per photo per epoch
+            order = rng.permutation(len(idx)).tolist()
+            batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+        for b in batches:
             for g, lr in zip(opt.param_groups, base):  # cosine decay to 0 over the run
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            x = stack(chosen, b).to(device)
+            if feats is not None:
+                x = stack(chosen, b).to(device)
+            else:
+                views, _ = rec.collate([train_view(photos[idx[j]], cfg, rng) for j in b], cfg.min_width)
+                x = stem(views).to(torch.float16).float().to(device)   # rounded as the cache rounds them
             with autocast():
                 loss = nll(model, x, [texts[i] for i in b], cfg)
             opt.zero_grad(set_to_none=True)
@@ -384,6 +396,19 @@ def held_out(photos: list[Photo], folder: str | Path, fraction: float, seed: int
     return [i for i, p in enumerate(photos) if Path(p.path).name in names]
 
 
+def frozen_stem(model: rec.LineRecognizer, threads: int):
+    """The frozen stem as a function of a (B, 3, 48, W) batch: onnxruntime on the CPU (several times
+    faster there than the converted module), the torch module on a GPU."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return rec.StemSession(model, threads)
+
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.stem(x.to(device)).float()
+    return on_device
+
+
 def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int,
                        cache_dir: str | Path | None = "data/cache/transfer"):
     """Stem features of every photo's evaluation view and of its `views` augmented views,
@@ -429,10 +454,30 @@ def run_transfer(args: argparse.Namespace) -> int:
     model = use_head(rec.LineRecognizer(cfg.recognizer, cfg.tune_stages), cfg).to(runs.resolve_device(args.device))
     trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("stem."))
     frozen = sum(p.numel() for p in model.stem.parameters())
-    evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
-    print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
-    amp = training_precision(model, augmented[0] if cfg.views else evals, photos, cfg,
-                             log=lambda m: print(m, file=sys.stderr))
+    stem = frozen_stem(model, args.threads)
+    if cfg.stream:  # views drawn afresh every epoch, through the frozen stem a batch at a time
+        evals = augmented = None
+        feat_seconds = 0.0
+        sample = photos[:cfg.batch_size]
+        probe = stem_features(stem, [train_view(p, cfg, np.random.default_rng(cfg.seed)) for p in sample], cfg,
+                              progress=False)
+        print(f"  --stream: fresh views every epoch, no feature cache", file=sys.stderr)
+    else:
+        evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
+        print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
+        sample, probe = photos, (augmented[0] if cfg.views else evals)
+    amp = training_precision(model, probe, sample, cfg, log=lambda m: print(m, file=sys.stderr))
+
+    def read_some(idx: list[int]) -> list[dict]:
+        """Rows for photos[idx]: from the cached evaluation features, or (--stream) a chunk at a time."""
+        if evals is not None:
+            return read(model, evals, photos, idx, cfg.beam)
+        rows = []
+        for k in range(0, len(idx), 1024):
+            part = [photos[i] for i in idx[k:k + 1024]]
+            feats = stem_features(stem, [eval_view(p, cfg) for p in part], cfg, progress=False)
+            rows += read(model, feats, part, list(range(len(part))), cfg.beam)
+        return rows
     print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"{'bf16 autocast' if amp == 'bf16' else 'float32'}; {trainable:,} trainable parameters "
           f"(the backbone's last {cfg.tune_stages} stage(s), the neck, the head; {frozen:,} frozen)", file=sys.stderr)
@@ -453,7 +498,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         print(f"  held out for validation: {len(val_idx)} photos (--val-fraction {args.val_fraction:g}, "
               f"--split-seed {args.split_seed}); training on {len(everything)}", file=sys.stderr)
     # the off-the-shelf reader with the principled confidence (the CTC head at step 0), by photo index
-    step0 = read(model, evals, photos, list(range(len(photos))), cfg.beam) if cfg.head == "ctc" else None
+    step0 = read_some(list(range(len(photos)))) if cfg.head == "ctc" and args.folds >= 2 else None
     summary: dict = {"photos": len(everything), "held_out": len(val_idx), "feature_seconds": round(feat_seconds, 1)}
     if args.folds >= 2:
         folds = [[everything[j] for j in f] for f in folds_of(len(everything), args.folds, cfg.seed)]
@@ -462,12 +507,12 @@ def run_transfer(args: argparse.Namespace) -> int:
             model.load_state_dict(initial)
             train_idx = sorted(set(everything) - set(held))
             fine_tune(model, augmented, photos, train_idx, cfg, log=lambda r, f=f: log({"fold": f, **r}),
-                      desc=f"fold {f + 1}/{args.folds}", amp=amp)
+                      desc=f"fold {f + 1}/{args.folds}", amp=amp, stem=stem)
             if args.keep_folds:  # a run folder per fold: its model and the photos it never saw
                 save_model(model, cfg, out / "folds" / str(f))
                 save_json({"transfer": cfg, "train": args.train, "fold": f, "held_out": [Path(photos[i].path).name for i in held]},
                           out / "folds" / str(f) / "config.json")
-            for i, row in zip(held, read(model, evals, photos, held, cfg.beam)):
+            for i, row in zip(held, read_some(held)):
                 oof[i] = {**row, "fold": f}
             acc = float(np.mean([oof[i]["pred"] == oof[i]["truth"] for i in held]))
             acc0 = float(np.mean([step0[i]["pred"] == step0[i]["truth"] for i in held])) if step0 else None
@@ -497,9 +542,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     # The shipped model: every photo (but the held-out ones).
     model.load_state_dict(initial)
     fine_tune(model, augmented, photos, everything, cfg, log=lambda r: log({"fold": "all", **r}), desc="all photos",
-              amp=amp)
+              amp=amp, stem=stem)
     if val_idx:  # the held-out photos, read once by the shipped model: eval/val/
-        val_rows = read(model, evals, photos, val_idx, cfg.beam)
+        val_rows = read_some(val_idx)
         val_dir = out / "eval" / "val"
         predictions.write_predictions(val_rows, val_dir / "predictions.jsonl")
         rep = metrics.report(val_rows)
@@ -548,7 +593,7 @@ def transcribe_photos(model: rec.LineRecognizer, cfg: TransferConfig, photos: li
                       threshold: float | None = None, top_k: int = 0) -> list[dict]:
     """Read photos (their number boxes known): predictions rows, each with `accepted` (its
     log P(S|X) at or above the threshold; never without a threshold), and top_k alternatives."""
-    feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg)
+    feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, progress=False)  # a few crops: no bar
     rows = read(model, feats, photos, list(range(len(photos))), cfg.beam, top_k)
     for row in rows:
         row["accepted"] = threshold is not None and row["confidence"] >= threshold

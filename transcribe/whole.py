@@ -148,6 +148,78 @@ def read_whole_run(paths, run: str | Path, device: str = "cpu", top_k: int = 0) 
                                read_boxes=reader.read_boxes, chooser=reader.chooser)
 
 
+# ---------------------------------------------------------------- evaluate a transfer run (boxes given)
+
+def run_evaluate_transfer(args) -> int:
+    """`transcribe evaluate TRANSFER_RUN --split S` (cli.py routes a run holding model.pt here)."""
+    if not 0 < args.target <= 1:
+        raise SystemExit(f"--target must be in (0, 1], got {args.target}")
+    evaluate_transfer(args.run, args.split, args.target, args.cards, device=args.device)
+    return 0
+
+
+def evaluate_transfer(run: str | Path, split: str = "val", target: float = 0.98, gallery_n: int = 50,
+                      say=print, device: str = "cpu", chunk: int = 1024) -> dict[str, Any]:
+    """`transcribe evaluate TRANSFER_RUN --split S`: every photo of the split read at its given box
+    (a strip of the number's box, as the run trained), scored with the run's own threshold (chosen
+    on its out-of-fold predictions, or on its held-out photos), which evaluating never changes:
+    RUN/eval/<split>/{predictions.jsonl, report.json, report.md, plots, gallery.html}."""
+    from transcribe import evaluation, metrics, report, runs, transfer
+    from transcribe.progress import bar as progress_bar
+    from transcribe.runs import atomic_write, save_json
+    run = Path(run)
+    reader = run_reader(run, device=device)
+    model, cfg, threshold = transfer.load(run)
+    model.to(runs.resolve_device(device))   # the trained stage, neck and head; the frozen stem runs in onnxruntime
+    cache, name = _split(split, reader.data_cfg)
+    out = run / "eval" / name
+    stem = transfer.rec.StemSession(model)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    bar = progress_bar(total=len(cache), desc=f"evaluate {name}", unit="photo")
+    for start in range(0, len(cache), chunk):
+        photos, files = [], []
+        for i in range(start, min(start + chunk, len(cache))):
+            path = cache.path(i)
+            try:
+                image = localize.load_photo(path)
+                box = _number_box([float(v) for v in cache.boxes[i]], reader.data_cfg.widen)
+                photos.append(transfer.photo_from(image, box, str(Path(path).resolve()), cache.text(i)))
+                files.append(str(cache.files[i]))
+            except (localize.PhotoError, ValueError) as err:
+                say(f"skipped: {err}")
+        for row, file in zip(transfer.transcribe_photos(model, cfg, photos, stem, threshold) if photos else [], files):
+            row["file"] = file
+            rows.append(row)
+        bar.update(min(chunk, len(cache) - start))
+    bar.close()
+    seconds = time.perf_counter() - started
+    if not rows:
+        raise ValueError(f"{split}: no readable photos")
+    _write_rows(rows, out / "predictions.jsonl")
+    save_json({"system": f"transcribe {run.name} (transfer)", "images_per_second": round(len(rows) / seconds, 2),
+               "speed_measured": "photo to log P(S|X): strip, stem (onnxruntime), trained stage, neck, head, beam"},
+              out / "meta.json")
+    saved = reader.threshold or {}
+    rep = metrics.report(rows, threshold=threshold, target=target,
+                         threshold_source=f"the run's ({saved.get('chosen_on', 'none saved')})")
+    rep["split"] = split
+    save_json(rep, out / "report.json")
+    title = f"{run.name}: {name}"
+    plots = report.write_plots(rows, rep, out, title=title)
+    th = rep["threshold"]
+    gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out), plots=plots,
+                                   threshold={"value": th["value"], "target": target, "source": th["source"]})
+    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
+                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
+    model_card = _write_card(run, reader)
+    say(evaluation.headline(rep, name))
+    say(f"report: {out / 'report.md'}")
+    say(f"gallery: {gallery['gallery']}")
+    say(f"model card: {model_card}")
+    return {"report": rep, "out": out, "gallery": gallery["gallery"], "threshold": th["value"]}
+
+
 # ---------------------------------------------------------------- evaluate --no-boxes
 
 def _number_box(crop_box, widen: float):
