@@ -35,6 +35,7 @@ FORMAT = 1
 SOURCES = ("detection", "merge", "photo", "prior")
 FEATURES = ("logp", "logp_gap", "text_mass_gap", "text_share", "length", "empty", "too_long",
             "contained_in_surer", "contains_surer", "log_width", "log_height", "log_aspect", "centre_x", "centre_y",
+            "area_vs_tightest_same", "area_vs_detections", "overlap_with_detections",
             *(f"source_{s}" for s in SOURCES))
 FLOOR = -30.0          # log P floor: an unreadable candidate (NO_READING) is as doubtful as this
 NEAR = math.log(10)    # "nearly as sure": within a factor 10 of the probability
@@ -52,18 +53,31 @@ def features(results: Sequence[dict], boxes: Sequence[Sequence[float]], sources:
     for p, lp in zip(preds, logp):
         mass[p] = mass.get(p, 0.0) + math.exp(lp)
     top_mass = max(mass.values()) if mass else 1.0
+    area = np.array([max(b[2], 1.0) * max(b[3], 1.0) for b in boxes])
+    dets = [j for j in range(n) if sources[j] in ("detection", "merge")]
+    det_area = float(np.median(area[dets])) if dets else float(h * w)
     out = np.zeros((n, len(FEATURES)))
     for k in range(n):
         p, (bl, bt, bw, bh) = preds[k], boxes[k]
         surer = [j for j in range(n) if j != k and logp[j] >= logp[k] - NEAR and preds[j]]
+        same = [j for j in range(n) if preds[j] == p and logp[j] >= logp[k] - NEAR] + [k]
         out[k] = [logp[k], logp[k] - logp.max(), math.log(max(mass[p], 1e-30)) - math.log(top_mass),
                   sum(q == p for q in preds) / n, len(p), float(p == ""), float(results[k]["pred"] == ">5"),
                   float(bool(p) and any(len(preds[j]) > len(p) and p in preds[j] for j in surer)),
                   float(bool(p) and any(len(preds[j]) < len(p) and preds[j] in p for j in surer)),
                   math.log(max(bw, 1.0) / w), math.log(max(bh, 1.0) / h), math.log(max(bw, 1.0) / max(bh, 1.0)),
                   (bl + bw / 2) / w - 0.5, (bt + bh / 2) / h - 0.5,
+                  math.log(area[k] / area[same].min()), math.log(area[k] / det_area),
+                  max((_iou(boxes[k], boxes[j]) for j in dets if j != k), default=0.0),
                   *(float(sources[k] == s) for s in SOURCES)]
     return out
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - ix * iy
+    return ix * iy / union if union > 0 else 0.0
 
 
 class Chooser:

@@ -490,9 +490,16 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
                                                                    for c in r["candidates"]) for r in rows])),
                             "right_box_and_reading": float(np.mean([y.any() for _, y in data]))}}
     spec = chooser_mod.fit(data)
+    # Kept only where it beats the rule it would replace, out of sample (as a fine-tuned model is kept
+    # only where it beats its step 0): otherwise written beside, for inspection, and not used.
+    better = (report["learned"]["sequence_accuracy"] > report["summed_probability"]["sequence_accuracy"]
+              and report["learned"]["iou_at_least_0.5"] >= report["summed_probability"]["iou_at_least_0.5"])
+    kept = out if better else out.with_name(out.stem + "-rejected.json")
     spec.update({"run": str(run), "train": str(folder), "left_out": len(excluded), "readings": str(readings_path),
-                 "cross_validated": report})
-    atomic_write(out, json.dumps(spec, indent=2) + "\n")
+                 "cross_validated": report, "beats_the_rule": better})
+    atomic_write(kept, json.dumps(spec, indent=2) + "\n")
+    if not better and out.is_file():
+        out.unlink()   # an earlier chooser that this data no longer supports
     say(f"  on {len(rows)} photos, each choice by a chooser fitted on the other {folds - 1} of {folds} folds of them:")
     for name, key in (("summed probability (before)", "summed_probability"), ("learned chooser", "learned")):
         s = report[key]
@@ -500,6 +507,10 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
             f"{100 * s['sequence_accuracy']:.2f}%")
     say(f"    reachable: some candidate IoU >= 0.5 {100 * report['reachable']['iou_at_least_0.5']:.2f}%, "
         f"the true number read at such a box {100 * report['reachable']['right_box_and_reading']:.2f}%")
-    say(f"wrote {out} (fitted on all {len(rows)}); `transcribe evaluate RUN --no-boxes` and `predict` use it "
-        f"when it sits in the run folder as {chooser_mod.CHOOSER_FILE}")
+    if better:
+        say(f"wrote {out} (fitted on all {len(rows)}); `transcribe evaluate RUN --no-boxes` and `predict` use it "
+            f"when it sits in the run folder as {chooser_mod.CHOOSER_FILE}")
+    else:
+        say(f"the learned choice does not beat the summed-probability rule out of sample: not used; "
+            f"wrote {kept} for inspection")
     return spec
