@@ -58,7 +58,7 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     out = tmp_path / "run"
     assert cli.main(["transfer", "--train", str(folder), "--folds", "3", "--views", "1", "--epochs", "1",
                      "--out", str(out), "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--amp", "off",
-                     "--keep-folds"]) == 0
+                     "--keep-folds", "--tune-stages", "1"]) == 0
     said = capsys.readouterr().err  # what it runs on at the start, the next commands at the end
     assert "1 threads, float32" in said and "trainable parameters (the backbone's last 1 stage(s)" in said
     assert f"next: transcribe gallery {out / 'eval' / 'cv' / 'predictions.jsonl'}" in said

@@ -480,7 +480,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         return rows
     print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"{'bf16 autocast' if amp == 'bf16' else 'float32'}; {trainable:,} trainable parameters "
-          f"(the backbone's last {cfg.tune_stages} stage(s), the neck, the head; {frozen:,} frozen)", file=sys.stderr)
+          + (f"(the backbone's last {cfg.tune_stages} stage(s), the neck, the head; {frozen:,} frozen)" if cfg.tune_stages
+             else f"(the neck and the head; the backbone's {frozen:,} frozen)"), file=sys.stderr)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     save_json({"transfer": cfg, "amp": amp, "train": args.train, "folds": args.folds, "photos": len(photos),
                "val_fraction": args.val_fraction, "split_seed": args.split_seed,
