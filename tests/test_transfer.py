@@ -130,7 +130,7 @@ def test_training_precision_is_measured_only_where_bf16_can_win(monkeypatch):
     assert transfer.training_precision(model, feats, photos, TransferConfig(amp="bf16")) == "bf16"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)   # no bf16 instructions: no stopwatch
     monkeypatch.setattr(precision, "time_calls", lambda fns: pytest.fail("measured"))
-    assert transfer.training_precision(model, feats, photos, TransferConfig(), log=said.append) == "off"
+    assert transfer.training_precision(model, feats, photos, TransferConfig(amp="auto"), log=said.append) == "off"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     for seconds, expected in (({"off": 1.0, "bf16": 0.5}, "bf16"), ({"off": 1.0, "bf16": 0.95}, "off")):
         def timed(fns, seconds=seconds):
@@ -138,7 +138,7 @@ def test_training_precision_is_measured_only_where_bf16_can_win(monkeypatch):
                 fn()                                                     # each step runs: forward, loss, backward
             return seconds
         monkeypatch.setattr(precision, "time_calls", timed)
-        assert transfer.training_precision(model, feats, photos, TransferConfig(), log=said.append) == expected
+        assert transfer.training_precision(model, feats, photos, TransferConfig(amp="auto"), log=said.append) == expected
     assert all(p.grad is None for p in model.parameters())             # the measurement leaves no gradient
     assert "takes 1000 ms in float32, 500 ms under bf16 here: bf16" in said[0]
 
