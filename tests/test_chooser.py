@@ -8,49 +8,52 @@ import pytest
 from transcribe import chooser, localize
 
 
-def _photo(rng, partial_wins: bool):
-    """Candidates of one photo: the full number "123" at a box like the true one, a crop of part
-    of it ("12") read more surely, and loose boxes reading noise."""
+def _photo(rng):
+    """Candidates of one photo: "123" read most surely at a loose prior box, as surely at a box like
+    the true one, a crop of part of it ("12"), and noise; the rule's box is the loose one."""
     truth_box = [40.0, 20.0, 30.0, 20.0]
-    cands = [{"box": truth_box, "source": "merge", "pred": "123", "confidence": -0.6},
-             {"box": [40.0, 20.0, 18.0, 20.0], "source": "detection", "pred": "12",
-              "confidence": -0.2 if partial_wins else -2.0}]
+    tight = [v + float(rng.uniform(-1, 1)) for v in truth_box]
+    cands = [{"box": [25.0, 5.0, 60.0, 50.0], "source": "prior", "pred": "123", "confidence": -0.05},
+             {"box": tight, "source": "detection", "pred": "123", "confidence": -0.3},
+             {"box": [40.0, 20.0, 18.0, 20.0], "source": "detection", "pred": "12", "confidence": -2.0}]
     for _ in range(4):
         cands.append({"box": [float(v) for v in rng.uniform(0, 60, 4) + [0, 0, 10, 10]], "source": "prior",
                       "pred": str(rng.integers(0, 99)), "confidence": float(rng.uniform(-9, -3))})
     return cands, truth_box
 
 
-def test_features_say_when_a_reading_is_part_of_a_surer_longer_one():
-    rng = np.random.default_rng(0)
-    cands, _ = _photo(rng, partial_wins=True)
-    f = chooser.features(cands, [c["box"] for c in cands], [c["source"] for c in cands], (80, 120))
+def _fields(cands):
+    return [c["box"] for c in cands], [c["source"] for c in cands]
+
+
+def test_the_box_is_chosen_among_the_candidates_reading_the_rules_transcription():
+    cands, _ = _photo(np.random.default_rng(0))
+    chosen, f = chooser.features(cands, *_fields(cands), (80, 120))
     col = {name: k for k, name in enumerate(chooser.FEATURES)}
-    assert f.shape == (len(cands), len(chooser.FEATURES))
-    assert f[1, col["contained_in_surer"]] == 1 and f[0, col["contained_in_surer"]] == 0
-    assert f[0, col["contains_surer"]] == 1
-    assert f[1, col["logp_gap"]] == 0 and f[0, col["logp_gap"]] == pytest.approx(-0.4)
-    assert f[0, col["source_merge"]] == 1 and f[0, col["length"]] == 3
+    assert chosen == [0, 1]                              # the rule's candidate first, then the other "123"
+    assert f.shape == (2, len(chooser.FEATURES))
+    assert f[1, col["area_vs_smallest"]] == 0 and f[0, col["area_vs_smallest"]] > 1
+    assert f[0, col["logp_gap"]] == 0 and f[1, col["logp_gap"]] == pytest.approx(-0.25)
+    assert f[0, col["source_prior"]] == 1 and f[1, col["source_detection"]] == 1 and f[0, col["set_size"]] == 2
 
 
-def test_fitted_chooser_learns_what_the_summed_probability_misses(tmp_path):
-    """The summed-probability rule takes the surer partial reading; a chooser fitted on such photos
-    takes the whole number, and the fit is saved, reloaded and refused when the format differs."""
+def test_fitted_chooser_takes_the_box_like_the_true_one(tmp_path):
+    """The rule takes the surest box, here a loose one; a chooser fitted on such photos takes the box
+    that overlaps the number, and the fit is saved, reloaded and refused when the format differs."""
     rng = np.random.default_rng(1)
-    photos = [_photo(rng, partial_wins=bool(i % 2)) for i in range(60)]
     data = []
-    for cands, truth_box in photos:
-        f = chooser.features(cands, [c["box"] for c in cands], [c["source"] for c in cands], (80, 120))
-        data.append((f, np.array([c["pred"] == "123" and localize.iou(c["box"], truth_box) >= 0.5 for c in cands])))
+    for _ in range(60):
+        cands, truth_box = _photo(rng)
+        chosen, f = chooser.features(cands, *_fields(cands), (80, 120))
+        data.append((f, np.array([localize.iou(cands[j]["box"], truth_box) >= 0.5 for j in chosen])))
     spec = chooser.fit(data)
     path = tmp_path / chooser.CHOOSER_FILE
     path.write_text(json.dumps(spec))
     ch = chooser.Chooser.load(path)
-    test, truth_box = _photo(np.random.default_rng(7), partial_wins=True)
-    boxes, sources = [c["box"] for c in test], [c["source"] for c in test]
-    assert test[localize.choose(test)]["pred"] == "12"                 # the old rule: the surer part
-    assert ch.choose(test, boxes, sources, (80, 120)) == 0              # learned: the whole number
-    assert chooser.log_likelihood(spec, data) > np.mean([np.log(1 / len(c)) for c, _ in photos])
+    test, truth_box = _photo(np.random.default_rng(7))
+    assert localize.choose(test) == 0                                   # the rule: the surest, loose box
+    assert ch.choose(test, *_fields(test), (80, 120)) == 1               # learned: the one like the truth
+    assert chooser.log_likelihood(spec, data) > np.log(0.5)
     path.write_text(json.dumps({**spec, "features": ["logp"]}))
     with pytest.raises(ValueError, match=f"{path}: a chooser of another format"):
         chooser.Chooser.load(path)

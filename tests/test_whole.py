@@ -149,8 +149,9 @@ def test_runtime_decodes_as_ctc_decode():
 
 def test_a_runs_chooser_picks_the_candidate_in_evaluate_predict_and_the_runtime(tiny_transfer_run, tmp_path,
                                                                                 monkeypatch, capsys):
-    """RUN/chooser.json (transcribe fit-chooser) replaces the summed-probability rule wherever a whole
-    photo is searched; here a hand-made chooser that always takes the whole photo."""
+    """RUN/chooser.json (transcribe fit-chooser) chooses the box wherever a whole photo is searched,
+    the same box in each path; here a hand-made chooser that takes the largest box reading the
+    rule's transcription."""
     import shutil
     from transcribe import chooser, export, runtime
     run, folder, records = tiny_transfer_run
@@ -158,20 +159,30 @@ def test_a_runs_chooser_picks_the_candidate_in_evaluate_predict_and_the_runtime(
     shutil.copytree(run, mine, ignore=shutil.ignore_patterns("eval", "export"))
     f = len(chooser.FEATURES)
     spec = {"format": chooser.FORMAT, "features": list(chooser.FEATURES), "mean": [0.0] * f, "std": [1.0] * f,
-            "weights": [10.0 if name == "source_photo" else 0.0 for name in chooser.FEATURES], "photos": 1}
+            "weights": [10.0 if name == "area_vs_smallest" else 0.0 for name in chooser.FEATURES], "photos": 1}
     (mine / chooser.CHOOSER_FILE).write_text(json.dumps(spec))
     monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", str(mine), "--split", str(folder), "--no-boxes", "--limit", "2", "--cards", "2"]) == 0
+    assert main(["evaluate", str(mine), "--split", str(folder), "--no-boxes", "--limit", "1", "--cards", "2"]) == 0
     said = capsys.readouterr().out
     assert "choice among candidates   learned" in said and "chosen by summed probability instead" in said
-    rows = read_predictions(mine / "eval" / "photos-noboxes" / "predictions.jsonl")
-    assert [r["source"] for r in rows] == ["photo", "photo"]
+    row = read_predictions(mine / "eval" / "photos-noboxes" / "predictions.jsonl")[0]
     assert main(["predict", str(folder / "1.png"), "--run", str(mine), "--format", "jsonl"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["box_source"] == "localized (photo)"
+    told = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert told["box"] == pytest.approx(row["box"], abs=0.01) and told["box_source"] == f"localized ({row['source']})"
     export.export_run(mine, tmp_path / "export", say=lambda *a: None)
     assert json.loads((tmp_path / "export" / "model.json").read_text())["localize"]["chooser"] == chooser.CHOOSER_FILE
     got, _ = runtime.predict([folder / "1.png"], tmp_path / "export")
-    assert got[0]["source"] == "photo"
+    assert got[0]["box"] == pytest.approx(row["box"], abs=0.01)
+    image = localize.load_photo(folder / "1.png")                 # the largest box of the rule's reading
+    loc = localize.locate(image, localize.Detector(), widen=1.0, read_boxes=_reader(mine), chooser=chooser.Chooser(spec))
+    same = chooser.same_reading(loc.readings)
+    largest = max(same, key=lambda j: loc.boxes[j][2] * loc.boxes[j][3])
+    assert loc.box == loc.boxes[largest] and list(loc.box) == pytest.approx(row["box"], abs=0.01)
+
+
+def _reader(run):
+    from transcribe import whole
+    return whole.run_reader(run).read_boxes
 
 
 def test_evaluate_a_transfer_run_at_the_given_boxes(tiny_transfer_run, tmp_path, monkeypatch, capsys):

@@ -392,14 +392,14 @@ def _photo_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
-def chooser_data(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(features, positive) per photo: positive = reads the true number at a box with IoU >= 0.5."""
+def chooser_data(rows: list[dict]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """(the set of candidates the box is chosen among, their features, positive) per photo:
+    positive = the box overlaps the true number box, IoU >= 0.5 (chooser.features)."""
     out = []
     for r in rows:
         c = r["candidates"]
-        feats = chooser_mod.features(c, [x["box"] for x in c], [x["source"] for x in c], tuple(r["shape"]))
-        pos = np.array([x["pred"] == r["truth"] and localize.iou(x["box"], r["true_box"]) >= 0.5 for x in c])
-        out.append((feats, pos))
+        chosen, feats = chooser_mod.features(c, [x["box"] for x in c], [x["source"] for x in c], tuple(r["shape"]))
+        out.append((chosen, feats, np.array([localize.iou(c[j]["box"], r["true_box"]) >= 0.5 for j in chosen])))
     return out
 
 
@@ -469,44 +469,47 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
         bar.close()
     wanted = [f for _, files in plan for f in files]
     rows = [done[f] for f in wanted if f in done]
-    data = chooser_data(rows)
+    sets = chooser_data(rows)
+    data = [(f, y) for _, f, y in sets]
     # Cross-validated over photos: each photo's choice by a chooser fitted on the other folds.
     order = np.random.default_rng(0).permutation(len(rows))
     learned = [0] * len(rows)
     for k in range(folds):
         test = set(order[k::folds].tolist())
         fitted = [data[i] for i in range(len(rows)) if i not in test]
-        if not any(y.any() for _, y in fitted):  # nothing to learn from: the old rule
+        if not any(y.any() for _, y in fitted):  # nothing to learn from: the rule's own box
             for i in test:
                 learned[i] = localize.choose(rows[i]["candidates"])
             continue
         ch = chooser_mod.Chooser(chooser_mod.fit(fitted))
         for i in test:
-            learned[i] = int(np.argmax(ch.scores(data[i][0])))
+            learned[i] = sets[i][0][int(np.argmax(ch.scores(data[i][0])))]
     summed = [localize.choose(r["candidates"]) for r in rows]
     report = {"photos": len(rows), "folds": folds,
               "summed_probability": _score_choice(rows, summed), "learned": _score_choice(rows, learned),
               "reachable": {"iou_at_least_0.5": float(np.mean([any(localize.iou(c["box"], r["true_box"]) >= 0.5
                                                                    for c in r["candidates"]) for r in rows])),
-                            "right_box_and_reading": float(np.mean([y.any() for _, y in data]))}}
+                            "among_the_rules_reading": float(np.mean([y.any() for _, y in data]))}}
     spec = chooser_mod.fit(data)
     # Kept only where it beats the rule it would replace, out of sample (as a fine-tuned model is kept
     # only where it beats its step 0): otherwise written beside, for inspection, and not used.
-    better = (report["learned"]["sequence_accuracy"] > report["summed_probability"]["sequence_accuracy"]
-              and report["learned"]["iou_at_least_0.5"] >= report["summed_probability"]["iou_at_least_0.5"])
+    better = (report["learned"]["iou_at_least_0.5"] > report["summed_probability"]["iou_at_least_0.5"]
+              and report["learned"]["sequence_accuracy"] >= report["summed_probability"]["sequence_accuracy"])
     kept = out if better else out.with_name(out.stem + "-rejected.json")
     spec.update({"run": str(run), "train": str(folder), "left_out": len(excluded), "readings": str(readings_path),
                  "cross_validated": report, "beats_the_rule": better})
     atomic_write(kept, json.dumps(spec, indent=2) + "\n")
-    if not better and out.is_file():
-        out.unlink()   # an earlier chooser that this data no longer supports
+    stale = out if not better else out.with_name(out.stem + "-rejected.json")
+    if stale.is_file():
+        stale.unlink()   # what an earlier fit wrote and this one replaces
     say(f"  on {len(rows)} photos, each choice by a chooser fitted on the other {folds - 1} of {folds} folds of them:")
     for name, key in (("summed probability (before)", "summed_probability"), ("learned chooser", "learned")):
         s = report[key]
         say(f"    {name:<28} IoU >= 0.5 {100 * s['iou_at_least_0.5']:.2f}%, sequence accuracy "
             f"{100 * s['sequence_accuracy']:.2f}%")
     say(f"    reachable: some candidate IoU >= 0.5 {100 * report['reachable']['iou_at_least_0.5']:.2f}%, "
-        f"the true number read at such a box {100 * report['reachable']['right_box_and_reading']:.2f}%")
+        f"one among those reading the rule's transcription "
+        f"{100 * report['reachable']['among_the_rules_reading']:.2f}%")
     if better:
         say(f"wrote {out} (fitted on all {len(rows)}); `transcribe evaluate RUN --no-boxes` and `predict` use it "
             f"when it sits in the run folder as {chooser_mod.CHOOSER_FILE}")
