@@ -379,6 +379,13 @@ def run_fit_chooser(args) -> int:
     return 0
 
 
+def _digest(path: Path) -> str:
+    """Which fold model read a photo: readings by another model (an earlier run in the same folder)
+    are read again, never reused."""
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def _photo_rows(path: Path) -> dict[str, dict]:
     """The readings stored so far (a cut-off last line, from an interrupted run, is read again)."""
     rows = {}
@@ -436,7 +443,11 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
     quota = -(-limit // len(fold_dirs))
     plan = [(d, [f for f in c["held_out"] if f in records and f not in excluded][:quota])
             for d, c in zip(fold_dirs, configs)]
-    done = _photo_rows(readings_path)
+    models = {d.name: _digest(d / "model.pt") for d, _ in plan}
+    stored = _photo_rows(readings_path)
+    done = {f: r for f, r in stored.items() if models.get(str(r.get("fold"))) == r.get("model")}
+    if len(done) < len(stored):  # readings by other models (an earlier run in this folder): dropped
+        atomic_write(readings_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     todo = sum(len([f for f in files if f not in done]) for _, files in plan)
     say(f"fit-chooser: {sum(len(f) for _, f in plan)} photos of {folder} ({len(excluded)} left out), each read by the "
         f"fold model that never saw it; {len(done)} already read ({readings_path}), {todo} to read")
@@ -457,7 +468,8 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
                         say(f"skipped: {err}")
                         continue
                     loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes)
-                    row = {"file": name, "fold": d.name, "truth": rec.text, "shape": list(image.shape[:2]),
+                    row = {"file": name, "fold": d.name, "model": models[d.name], "truth": rec.text,
+                           "shape": list(image.shape[:2]),
                            "true_box": [float(v) for v in crops.number_box(rec.boxes)],
                            "candidates": [{"box": [round(float(v), 2) for v in b], "source": s, "pred": r["pred"],
                                            "confidence": float(r["confidence"])}
