@@ -487,6 +487,8 @@ def run_transfer(args: argparse.Namespace) -> int:
                "val_fraction": args.val_fraction, "split_seed": args.split_seed,
                "source": {"name": cfg.recognizer, "sha256": model.source_sha256}}, out / "config.json")
     (out / runs.METRICS_FILE).write_text("")  # a new run: one row per epoch and per fold
+    for stale in ("chooser.json", "chooser-rejected.json"):  # an earlier run's box chooser: fit it again
+        (out / stale).unlink(missing_ok=True)
 
     def log(row):
         runs.append_metrics(out, row)
