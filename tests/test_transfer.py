@@ -82,6 +82,12 @@ def test_transfer_command_cross_validates_and_ships_a_model(svhn_fixtures, tmp_p
     assert (written.name == "chooser.json") == spec["beats_the_rule"]
     assert cli.main(["fit-chooser", str(out), "--limit", "3", "--threads", "1"]) == 0      # read once: resumed
     assert "0 to read" in capsys.readouterr().out
+    first = json.loads(readings[0])                  # a reading by another model (an earlier run): read again
+    (out / "chooser-readings.jsonl").write_text("\n".join([json.dumps({**first, "model": "stale"})] + readings[1:]) + "\n")
+    assert cli.main(["fit-chooser", str(out), "--limit", "3", "--threads", "1"]) == 0
+    assert "2 already read" in capsys.readouterr().out
+    again = [json.loads(r) for r in (out / "chooser-readings.jsonl").read_text().splitlines()]
+    assert len(again) == 3 and all(r["model"] != "stale" for r in again)
     assert all(r["confidence"] <= 0 for r in rows)
     cv = json.loads((out / "cv.json").read_text())["cv"]
     assert len(cv["fine_tuned"]["folds"]) == 3 and 0 <= cv["step0"]["sequence_accuracy"]["mean"] <= 1
