@@ -169,7 +169,7 @@ class SequenceHead(torch.nn.Module):
     (resampled to FRAMES) flattened, then a length softmax over {0..5, >5} and 5 digit softmaxes,
     trained on log P(S|X) = log P(L=n|X) + sum log P(S_i|X) (sequence.py)."""
 
-    FRAMES = 40  # 320 px / 8: the width every crop is padded to
+    FRAMES = 40  # frames resampled to 40 (RapidOCR's 320 px / 8), whatever the padding
 
     def __init__(self, dim: int = 120, dropout: float = 0.3):
         super().__init__()
