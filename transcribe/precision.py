@@ -138,14 +138,24 @@ def cache_key(kind: str, model_cfg, batch: int, crop: int) -> str:
             f"model {model} | batch {batch} | crop {crop}")
 
 
-def choose(kind: str, model_cfg, batch: int, crop: int, device: torch.device,
-           timer: Callable[[], float] = time.perf_counter, cache_dir: Path | None = None,
-           log: Callable[[str], object] = print) -> str:
-    """'bf16' or 'off' for `--amp auto` (see the module docstring)."""
+def without_measuring(device: torch.device) -> str | None:
+    """The answer of `--amp auto` where no stopwatch is needed: bf16 on a CUDA device that supports
+    it, float32 ('off') on other CUDA devices, non-CPU devices and CPUs without bf16 instructions;
+    None where only a measurement can tell (a CPU with them)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "off"
     if device.type != "cpu" or cpu_has_bf16() is False:
         return "off"
+    return None
+
+
+def choose(kind: str, model_cfg, batch: int, crop: int, device: torch.device,
+           timer: Callable[[], float] = time.perf_counter, cache_dir: Path | None = None,
+           log: Callable[[str], object] = print) -> str:
+    """'bf16' or 'off' for `--amp auto` (see the module docstring)."""
+    known = without_measuring(device)
+    if known is not None:
+        return known
     path = (cache_dir or CACHE_DIR) / CACHE_FILE
     key = cache_key(kind, model_cfg, batch, crop)
     try:

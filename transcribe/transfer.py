@@ -265,10 +265,9 @@ def training_precision(model: rec.LineRecognizer, feats: list[torch.Tensor], pho
     device = next(model.parameters()).device
     if cfg.amp != "auto":
         return cfg.amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    if device.type != "cpu" or precision.cpu_has_bf16() is False:
-        return "off"
+    known = precision.without_measuring(device)
+    if known is not None:
+        return known
     idx = batches_by_width(list(range(len(feats))), feats, cfg.batch_size, None)[0]
     x, texts = stack(feats, idx).to(device), [photos[i].text or "0" for i in idx]
     steps = {}
