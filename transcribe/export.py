@@ -158,7 +158,8 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
     runs.atomic_write(out / "stem.onnx", model.stem_onnx)
     net = NeckHead(model).eval()
     tmp = out / "model.onnx.tmp"
-    example = transfer.rec.StemSession(model)(torch.zeros(2, 3, transfer.rec.HEIGHT, cfg.min_width))
+    stem = transfer.rec.StemSession(model)   # the frozen stem: an example input for the export, then the check
+    example = stem(torch.zeros(2, 3, transfer.rec.HEIGHT, cfg.min_width))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (example,), str(tmp),
@@ -194,7 +195,6 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
     cache, _ = whole._split("val", reader.data_cfg)
     n = len(cache) if not check_limit else min(check_limit, len(cache))
     line = runtime.LineReader(out, {**spec, "reader": tmp.name}, localize.onnx_session(tmp))
-    stem = transfer.rec.StemSession(model)
     diff, conf_diff, differ = 0.0, 0.0, 0
     for i in range(n):
         image = localize.load_photo(cache.path(i))

@@ -402,17 +402,18 @@ def frozen_stem(model: rec.LineRecognizer, threads: int):
     if device.type == "cpu":
         return rec.StemSession(model, threads)
 
-    def on_device(x: torch.Tensor) -> torch.Tensor:
+    def on_device(x: torch.Tensor) -> torch.Tensor:   # features come back to the CPU, as onnxruntime's do
         with torch.no_grad():
-            return model.stem(x.to(device)).float()
+            return model.stem(x.to(device)).float().cpu()
     return on_device
 
 
 def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads: int,
-                       cache_dir: str | Path | None = "data/cache/transfer"):
+                       cache_dir: str | Path | None = "data/cache/transfer", stem=None):
     """Stem features of every photo's evaluation view and of its `views` augmented views,
     computed once and cached (keyed by the photos, the recognizer file and every setting that
     changes a view), so training settings can be tried without recomputing them.
+    `stem`: the frozen stem to use (frozen_stem), made here when not given.
     -> (evaluation features, [features of view v for v in range(views)], seconds spent)."""
     key = json.dumps({"photos": [p.path for p in photos], "sha256": model.source_sha256,
                       "view": [cfg.stretch, cfg.widen, cfg.min_width, cfg.views, cfg.seed],
@@ -425,7 +426,7 @@ def views_and_features(model, photos: list[Photo], cfg: TransferConfig, threads:
             return stored["evals"], stored["augmented"], time.time() - t0
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             print(f"  {path}: unreadable feature cache ({err}); rebuilding it", file=sys.stderr)
-    stem = rec.StemSession(model, threads)
+    stem = stem or rec.StemSession(model, threads)
     rng = np.random.default_rng(cfg.seed)
     evals = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, desc="evaluation views")
     augmented = []
@@ -462,7 +463,8 @@ def run_transfer(args: argparse.Namespace) -> int:
                               progress=False)
         print(f"  --stream: fresh views every epoch, no feature cache", file=sys.stderr)
     else:
-        evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None)
+        evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None,
+                                                            stem)
         print(f"  stem features of {len(photos) * (1 + cfg.views)} views: {feat_seconds:.0f} s", file=sys.stderr)
         sample, probe = photos, (augmented[0] if cfg.views else evals)
     amp = training_precision(model, probe, sample, cfg, log=lambda m: print(m, file=sys.stderr))
