@@ -174,22 +174,30 @@ def evaluate(run: str | Path, split: str = "val", target: float = TARGET, checkp
                              threshold_source="chosen on validation")
     rep["split"] = split
     rep["checkpoint"] = {"name": checkpoint, "step": ckpt.get("step")}
-    save_json(rep, out / "report.json")
     title = f"{run.name}: {name}"
-    plots = report.write_plots(rows, rep, out, title=title)
+    gallery = write_report(rows, rep, out, title, gallery_n, target)
     report.write_pr_curve(rows, out / "tb", tag=f"accept/{name}", step=int(ckpt.get("step") or 0))
-    th = rep["threshold"]
-    gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out),
-                                   plots=plots, threshold={"value": th["value"], "target": target,
-                                                           "source": th["source"]})
-    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
-                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
     model_card = card.write_card(run, sum(p.numel() for p in model.parameters()))
     say(headline(rep, name))
     say(f"report: {out / 'report.md'}")
     say(f"gallery: {gallery['gallery']}")
     say(f"model card: {model_card}")
     return {"report": rep, "out": out, "gallery": gallery["gallery"], "threshold": rep["threshold"]["value"]}
+
+
+def write_report(rows: Sequence[dict], rep: dict[str, Any], out: Path, title: str, gallery_n: int,
+                 target: float) -> dict[str, Any]:
+    """An evaluation's files beside its predictions: report.json, the plots, the gallery marked with
+    the threshold applied, and report.md linking them. -> write_gallery's answer."""
+    save_json(rep, out / "report.json")
+    plots = report.write_plots(rows, rep, out, title=title)
+    th = rep["threshold"]
+    gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out),
+                                   plots=plots, threshold={"value": th["value"], "target": target,
+                                                           "source": th["source"]})
+    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
+                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
+    return gallery
 
 
 def headline(rep: dict[str, Any], name: str) -> str:

@@ -387,11 +387,16 @@ def fold_summary(rows: list[dict], folds: list[list[int]], seed: int, key: str =
     return out
 
 
-def held_out(photos: list[Photo], folder: str | Path, fraction: float, seed: int) -> list[int]:
-    """Indices of the photos `transcribe train --train FOLDER --val-fraction F --seed S` holds out
-    for validation (the same photos: dataset.load_splits chooses them, matched by file name)."""
+def held_out_names(folder: str | Path, fraction: float, seed: int) -> set[str]:
+    """File names of the photos `transcribe train --train FOLDER --val-fraction F --split-seed S`
+    holds out for validation (dataset.load_splits chooses them)."""
     _, val = dataset.load_splits(DataConfig(train=(str(folder),), val_fraction=fraction, seed=seed), progress=False)
-    names = {str(f) for f in val.files}
+    return {Path(str(f)).name for f in val.files}
+
+
+def held_out(photos: list[Photo], folder: str | Path, fraction: float, seed: int) -> list[int]:
+    """Indices of those photos among `photos` (held_out_names, matched by file name)."""
+    names = held_out_names(folder, fraction, seed)
     return [i for i, p in enumerate(photos) if Path(p.path).name in names]
 
 
@@ -461,7 +466,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         sample = photos[:cfg.batch_size]
         probe = stem_features(stem, [train_view(p, cfg, np.random.default_rng(cfg.seed)) for p in sample], cfg,
                               progress=False)
-        print(f"  --stream: fresh views every epoch, no feature cache", file=sys.stderr)
+        print("  --stream: fresh views every epoch, no feature cache", file=sys.stderr)
     else:
         evals, augmented, feat_seconds = views_and_features(model, photos, cfg, args.threads, args.cache_dir or None,
                                                             stem)

@@ -53,19 +53,10 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
     run = Path(run)
     if is_transfer(run):
         from transcribe import transfer
-        from transcribe.config import DataConfig
         model, cfg, _ = transfer.load(run)
         model.to(runs.resolve_device(device))  # the trained stage, neck and head; the frozen stem runs in onnxruntime
-        parameters = {"total": sum(p.numel() for p in model.parameters()),
-                      "trainable": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("stem."))}
-        config = json.loads((run / "config.json").read_text())
-        # `--split val`: the photos `transfer --val-fraction F --split-seed S` held out, else the usual
-        # 10% with seed 0 of its training folder (photos a run without --val-fraction trained on)
-        held = config.get("val_fraction") or 0
-        data_cfg = DataConfig(train=(config["train"],), **({"val_fraction": held, "seed": config.get("split_seed", 0)}
-                                                            if held > 0 else {}))
-        return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, data_cfg, None,
-                         runs.read_threshold(run), parameters, _chooser(run))
+        return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, _transfer_data_cfg(run), None,
+                         runs.read_threshold(run), _transfer_parameters(model), _chooser(run))
     model, ckpt, data_cfg = runs.load_run(run, checkpoint, device=device)
     saved = runs.read_threshold(run)
     if saved is not None and not (saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint):
@@ -73,6 +64,23 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
     return RunReader("convnet", localize.crop_reader(_torch_reader(model, data_cfg, top_k), data_cfg.widen, data_cfg.size),
                      data_cfg.widen, data_cfg.size, data_cfg, ckpt.get("step"), saved,
                      sum(p.numel() for p in model.parameters()), _chooser(run))
+
+
+def _transfer_data_cfg(run: Path):
+    """Which photos a transfer run's `--split val` means: those `transfer --val-fraction F --split-seed
+    S` held out, else the usual 10% with seed 0 of its training folder (photos a run without
+    --val-fraction trained on)."""
+    from transcribe.config import DataConfig
+    config = json.loads((run / "config.json").read_text())
+    held = config.get("val_fraction") or 0
+    return DataConfig(train=(config["train"],), **({"val_fraction": held, "seed": config.get("split_seed", 0)}
+                                                   if held > 0 else {}))
+
+
+def _transfer_parameters(model) -> dict:
+    """For the model card: all weights, and those the run trained (the frozen stem's are not)."""
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("stem."))}
 
 
 def _chooser(run: Path):
@@ -164,14 +172,14 @@ def evaluate_transfer(run: str | Path, split: str = "val", target: float = 0.98,
     (a strip of the number's box, as the run trained), scored with the run's own threshold (chosen
     on its out-of-fold predictions, or on its held-out photos), which evaluating never changes:
     RUN/eval/<split>/{predictions.jsonl, report.json, report.md, plots, gallery.html}."""
-    from transcribe import evaluation, metrics, report, runs, transfer
+    from transcribe import card, evaluation, metrics, runs, transfer
     from transcribe.progress import bar as progress_bar
-    from transcribe.runs import atomic_write, save_json
+    from transcribe.runs import save_json
     run = Path(run)
-    reader = run_reader(run, device=device)
     model, cfg, threshold = transfer.load(run)
     model.to(runs.resolve_device(device))   # the trained stage, neck and head; the frozen stem runs in onnxruntime
-    cache, name = _split(split, reader.data_cfg)
+    data_cfg = _transfer_data_cfg(run)
+    cache, name = _split(split, data_cfg)
     out = run / "eval" / name
     stem = transfer.rec.StemSession(model)
     rows: list[dict] = []
@@ -183,7 +191,7 @@ def evaluate_transfer(run: str | Path, split: str = "val", target: float = 0.98,
             path = cache.path(i)
             try:
                 image = localize.load_photo(path)
-                box = _number_box([float(v) for v in cache.boxes[i]], reader.data_cfg.widen)
+                box = _number_box([float(v) for v in cache.boxes[i]], data_cfg.widen)
                 photos.append(transfer.photo_from(image, box, str(Path(path).resolve()), cache.text(i)))
                 files.append(str(cache.files[i]))
             except (localize.PhotoError, ValueError) as err:
@@ -200,24 +208,17 @@ def evaluate_transfer(run: str | Path, split: str = "val", target: float = 0.98,
     save_json({"system": f"transcribe {run.name} (transfer)", "images_per_second": round(len(rows) / seconds, 2),
                "speed_measured": "photo to log P(S|X): strip, stem (onnxruntime), trained stage, neck, head, beam"},
               out / "meta.json")
-    saved = reader.threshold or {}
+    saved = runs.read_threshold(run) or {}
     rep = metrics.report(rows, threshold=threshold, target=target,
                          threshold_source=f"the run's ({saved.get('chosen_on', 'none saved')})")
     rep["split"] = split
-    save_json(rep, out / "report.json")
-    title = f"{run.name}: {name}"
-    plots = report.write_plots(rows, rep, out, title=title)
-    th = rep["threshold"]
-    gallery = report.write_gallery(rows, out, n=gallery_n, title=f"transcribe {title}", source=str(out), plots=plots,
-                                   threshold={"value": th["value"], "target": target, "source": th["source"]})
-    atomic_write(out / "report.md", metrics.to_markdown(rep, title=title)
-                 + report.markdown_links(plots, gallery["gallery"], gallery["contact_sheet"]))
-    model_card = _write_card(run, reader)
+    gallery = evaluation.write_report(rows, rep, out, f"{run.name}: {name}", gallery_n, target)
+    model_card = card.write_transfer_card(run, _transfer_parameters(model))
     say(evaluation.headline(rep, name))
     say(f"report: {out / 'report.md'}")
     say(f"gallery: {gallery['gallery']}")
     say(f"model card: {model_card}")
-    return {"report": rep, "out": out, "gallery": gallery["gallery"], "threshold": th["value"]}
+    return {"report": rep, "out": out, "gallery": gallery["gallery"], "threshold": rep["threshold"]["value"]}
 
 
 # ---------------------------------------------------------------- evaluate --no-boxes
@@ -421,10 +422,9 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
     """Read `limit` photos, each by the fold model of `run` that never trained on it, at every
     candidate box; fit chooser.Chooser to those readings; report it against the summed-probability
     rule, cross-validated over the photos (`folds`), and write the chooser fitted on all of them."""
-    from transcribe import dataset
-    from transcribe.config import DataConfig
+    from transcribe import transfer
     from transcribe.progress import bar as progress_bar
-    from transcribe.runs import atomic_write, save_json
+    from transcribe.runs import atomic_write
     run = Path(run)
     fold_dirs = sorted((d for d in (run / "folds").glob("*") if (d / "config.json").is_file()), key=lambda d: d.name)
     if not fold_dirs:
@@ -433,11 +433,7 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
     folder = Path(train or configs[0]["train"])
     split = svhn.read_split(folder)
     records = {r.file: r for r in split.records}
-    excluded: set[str] = set()
-    if val_fraction > 0:
-        _, val = dataset.load_splits(DataConfig(train=(str(folder),), val_fraction=val_fraction, seed=split_seed),
-                                     progress=False)
-        excluded = {Path(str(f)).name for f in val.files}
+    excluded = transfer.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
     out = Path(out) if out else run / chooser_mod.CHOOSER_FILE
     readings_path = out.with_name(out.stem + "-readings.jsonl")
     quota = -(-limit // len(fold_dirs))
