@@ -180,6 +180,36 @@ def test_a_runs_chooser_picks_the_candidate_in_evaluate_predict_and_the_runtime(
     assert loc.box == loc.boxes[largest] and list(loc.box) == pytest.approx(row["box"], abs=0.01)
 
 
+def test_a_runs_box_fitter_moves_the_box_in_evaluate_predict_and_the_runtime(tiny_transfer_run, tmp_path,
+                                                                              monkeypatch, capsys):
+    """RUN/boxfit.onnx (transcribe fit-box) moves the chosen box wherever a whole photo is searched, the
+    same way in each path; the report says how many found boxes overlapped before it moved them."""
+    import shutil
+    from transcribe import boxfit, export, runtime
+    run, folder, records = tiny_transfer_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine, ignore=shutil.ignore_patterns("eval", "export"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit-box", "--train", str(folder), "--out", str(mine), "--steps", "2", "--threads", "1"]) == 0
+    assert main(["evaluate", str(mine), "--split", str(folder), "--no-boxes", "--limit", "1", "--cards", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "box fitter" in said
+    rep = json.loads((mine / "eval" / "photos-noboxes" / "report.json").read_text())
+    assert rep["localization"]["box_fitter"]["file"] == str(mine / boxfit.BOXFIT_FILE)
+    row = read_predictions(mine / "eval" / "photos-noboxes" / "predictions.jsonl")[0]
+    image = localize.load_photo(folder / "1.png")
+    loc = localize.locate(image, localize.Detector(), widen=1.0, read_boxes=_reader(mine))
+    fitted = boxfit.BoxFitter.beside(mine).fit(image, [loc.box])[0]
+    assert list(fitted) == pytest.approx(row["box"], abs=0.01) and list(fitted) != pytest.approx(list(loc.box), abs=1e-6)
+    assert main(["predict", str(folder / "1.png"), "--run", str(mine), "--format", "jsonl"]) == 0
+    told = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert told["box"] == pytest.approx(row["box"], abs=0.01)
+    export.export_run(mine, tmp_path / "export", say=lambda *a: None)
+    assert json.loads((tmp_path / "export" / "model.json").read_text())["localize"]["box_fitter"] == boxfit.BOXFIT_FILE
+    got, _ = runtime.predict([folder / "1.png"], tmp_path / "export")
+    assert got[0]["box"] == pytest.approx(row["box"], abs=0.01)
+
+
 def _reader(run):
     from transcribe import whole
     return whole.run_reader(run).read_boxes

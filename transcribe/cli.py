@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distil": ("transcribe.distil", "train the paper's ConvNet on a transfer run's soft targets plus the true labels"),
     "transfer": ("transcribe.transfer", "fine-tune a pretrained line recognizer (PP-OCR), k-fold cross-validated"),
     "fit-chooser": ("transcribe.whole", "learn which candidate box holds the number, from a transfer run's fold models"),
+    "fit-box": ("transcribe.train_boxfit", "learn to fit a found box to the number's union box (a small regressor)"),
     "baseline": ("transcribe.studies.baseline", "run an off-the-shelf OCR engine through the same evaluation"),
     "learning-curve": ("transcribe.studies.methodology", "error against training-set size, with a power-law fit"),
     "diagnose": ("transcribe.studies.methodology", "name the regime of a run: underfitting, overfitting or a defect"),

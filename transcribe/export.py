@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transcribe import crops, dataset, localize, runtime
+from transcribe import boxfit, chooser, crops, dataset, localize, runtime
 from transcribe.config import EXPORT_FORMATS
-from transcribe.runs import save_json
+from transcribe.runs import atomic_write, save_json
 
 OPSET = 17               # onnxruntime >= 1.14 runs it; every op the network uses exists there
 CHECK_TOLERANCE = 1e-4   # max |log P| difference torch vs onnxruntime (float32 reassociation: ~1e-6 seen)
@@ -106,6 +106,7 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
                      "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
+    _copy_localize_files(run, out, spec)
     # Check before keeping: the graph just written against the torch model on real crops.
     check = _check(net, tmp, _check_crops(data_cfg, check_limit), spec)
     if check["differing_transcriptions"] or check["max_abs_logp_diff"] > CHECK_TOLERANCE:
@@ -128,6 +129,20 @@ def export_run(run: str | Path, out: str | Path | None = None, formats=("onnx",)
         f"{check['crops'] - check['differing_transcriptions']}/{check['crops']}, "
         f"max |log P| difference {check['max_abs_logp_diff']:.2e}")
     return spec
+
+
+def _copy_localize_files(run: Path, out: Path, spec: dict) -> None:
+    """The run's learned choice among candidate boxes (chooser.json, read by numpy) and its box fitter
+    (boxfit.onnx and boxfit.json, run by onnxruntime), checked to load, copied beside the export and
+    named in its spec, so the runtime finds a whole photo's box as `evaluate --no-boxes` does."""
+    if (run / chooser.CHOOSER_FILE).is_file():
+        chooser.Chooser.load(run / chooser.CHOOSER_FILE)
+        atomic_write(out / chooser.CHOOSER_FILE, (run / chooser.CHOOSER_FILE).read_bytes())
+        spec["localize"]["chooser"] = chooser.CHOOSER_FILE
+    if boxfit.BoxFitter.beside(run) is not None:
+        for name in (boxfit.BOXFIT_FILE, boxfit.SPEC_FILE):
+            atomic_write(out / name, (run / name).read_bytes())
+        spec["localize"]["box_fitter"] = boxfit.BOXFIT_FILE
 
 
 class NeckHead(torch.nn.Module):
@@ -184,11 +199,7 @@ def export_transfer(run: Path, out: Path, formats=("onnx",), check_limit: int = 
                      "det_second_side": localize.DET_SECOND_SIDE,
                      "det_input": "BGR, (pixel / 255 - 0.5) / 0.5, sides multiples of 32"},
     }
-    from transcribe import chooser
-    if (run / chooser.CHOOSER_FILE).is_file():  # the run's learned choice among candidate boxes, read by numpy
-        chooser.Chooser.load(run / chooser.CHOOSER_FILE)
-        runs.atomic_write(out / chooser.CHOOSER_FILE, (run / chooser.CHOOSER_FILE).read_bytes())
-        spec["localize"]["chooser"] = chooser.CHOOSER_FILE
+    _copy_localize_files(run, out, spec)
     # Check before keeping: the runtime's whole path (view, stem, graph, numpy decoding) against the
     # torch one, on the validation photos at their true boxes.
     reader = whole.run_reader(run)

@@ -262,7 +262,7 @@ MERGE_OVERLAP = 0.5          # ... and whose vertical extents overlap by half th
 @dataclass
 class Located:
     box: Box               # the number's box (before the reader's widening), photo pixels
-    crop_box: Box          # the widened box that was cropped
+    crop_box: Box          # that box widened as the reader widens a number box
     read: dict             # the reader's output for that crop: pred, confidence, ...
     source: str            # which candidate: "detection", "merge", "photo", "prior"
     candidates: int        # how many crops were read
@@ -270,6 +270,7 @@ class Located:
     boxes: list            # every candidate box, to tell a missing candidate from a wrong choice
     readings: list = dataclasses.field(default_factory=list)  # the reader's output for every candidate
     sources: list = dataclasses.field(default_factory=list)   # where every candidate came from
+    found_box: Box | None = None  # the candidate read; `box` is it moved by a box fitter where one is given
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -355,7 +356,7 @@ def crop_reader(read: Reader, widen: float = WIDEN, size: int = CACHE_SIZE) -> B
 
 
 def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, widen: float = WIDEN,
-           size: int = CACHE_SIZE, read_boxes: BoxReader | None = None, chooser=None) -> Located:
+           size: int = CACHE_SIZE, read_boxes: BoxReader | None = None, chooser=None, fitter=None) -> Located:
     """Detect, read every candidate box as the reader reads a known box, let the reader choose.
 
     `read` gets crops as the cache builder makes them (crop_reader); a reader that cuts the photo
@@ -376,17 +377,19 @@ def locate(image: np.ndarray, detector: Detector, read: Reader | None = None, wi
     still wins: 88% read right against 83% for the single most probable crop.
 
     A fitted `chooser` (chooser.Chooser: a choice learned from out-of-fold readings) replaces that
-    rule where a run has one.
+    rule where a run has one; a `fitter` (boxfit.BoxFitter) then moves the chosen box onto the number
+    (the reading and its confidence stay the chosen candidate's).
     """
     passes = detector.passes(image) if hasattr(detector, "passes") else [detector(image)[0]]
     cands = candidates(passes, image.shape[:2], widen)
     results = (read_boxes or crop_reader(read, widen, size))(image, [b for b, _ in cands])
     boxes, sources = [b for b, _ in cands], [s for _, s in cands]
     best = chooser.choose(results, boxes, sources, image.shape[:2]) if chooser is not None else choose(results)
-    box, source = cands[best]
+    found, source = cands[best]
+    box = fitter.fit(image, [found])[0] if fitter is not None else found
     return Located(box=box, crop_box=crops.widen(box, widen), read=results[best], source=source,
                    candidates=len(cands), detections=sum(len(b) for b in passes), boxes=boxes,
-                   readings=results, sources=sources)
+                   readings=results, sources=sources, found_box=found)
 
 
 def choose(results: list[dict]) -> int:

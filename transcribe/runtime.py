@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transcribe import alternatives, chooser, crops, ctcsearch, localize
+from transcribe import alternatives, boxfit, chooser, crops, ctcsearch, localize
 
 FORMAT = "transcribe-onnx-1"   # model.json's "format": bump when the files' contract changes
 SPEC_NAME = "model.json"
@@ -51,8 +51,10 @@ class Reader:
         self.detector_path = (model.parent / det) if det else None
         self.line = LineReader(model.parent, spec, self.session, threads) if spec.get("kind") == "transfer" else None
         chosen = (spec.get("localize") or {}).get("chooser")   # the run's learned choice among candidate boxes
+        fitted = (spec.get("localize") or {}).get("box_fitter")  # the run's box fitter (boxfit.py)
         try:
             self.chooser = chooser.Chooser.load(model.parent / chosen) if chosen else None
+            self.fitter = boxfit.BoxFitter(model.parent / fitted, threads) if fitted else None
         except ValueError as err:
             raise localize.PhotoError(str(err)) from None
 
@@ -210,14 +212,14 @@ def unreadable(path, why: str, source: str | None = None) -> dict:
 
 def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | None, widen: float,
                 size: int, box=None, boxes: Sequence | None = None, batch_size: int = READ_BATCH,
-                read_boxes=None, chooser=None) -> tuple[list[dict], list[str]]:
+                read_boxes=None, chooser=None, fitter=None) -> tuple[list[dict], list[str]]:
     """Rows (file, pred, confidence, probability, decision, reason, box, source[, alternatives]) for
     whole photos, and one line per unreadable photo.
 
     Each photo's number box: `boxes[i]` (a (box, source) pair, e.g. from a --boxes file, or None),
     else `box` for every photo; a given box is only widened and read (no search), batch_size
     crops per call of `read`. Without one the number is found in the photo (localize.locate; its
-    choice among the candidates is `chooser`'s where one is given).
+    choice among the candidates is `chooser`'s, and `fitter` moves the box, where they are given).
     A reader that cuts the photo itself (a line recognizer) is `read_boxes`; a crop reader's
     read_boxes is made from `read`."""
     line = read_boxes is not None
@@ -255,7 +257,7 @@ def read_photos(paths: Sequence[str | Path], read, detector, threshold: float | 
             if len(pending) >= batch_size:
                 flush()
         else:
-            loc = localize.locate(image, detector, widen=widen, read_boxes=read_boxes, chooser=chooser)
+            loc = localize.locate(image, detector, widen=widen, read_boxes=read_boxes, chooser=chooser, fitter=fitter)
             rows[i] = _row(path, loc.read, threshold, loc.crop_box, loc.source)
     flush()
     return rows, problems  # type: ignore[return-value]
@@ -287,4 +289,5 @@ def predict(paths: Sequence[str | Path], model: str | Path, box=None, boxes: Seq
                                      second_side=spec["localize"].get("det_second_side"))
     return read_photos(paths, reader, detector, spec["threshold"], spec["input"]["widen"],
                        spec["input"].get("cache_size", 0), box, boxes, batch_size,
-                       read_boxes=reader.read_boxes if reader.line is not None else None, chooser=reader.chooser)
+                       read_boxes=reader.read_boxes if reader.line is not None else None, chooser=reader.chooser,
+                       fitter=reader.fitter)

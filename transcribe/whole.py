@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from transcribe import boxfit
 from transcribe import chooser as chooser_mod
 from transcribe import crops, localize, runtime, svhn
 
@@ -39,6 +40,7 @@ class RunReader:
     threshold: dict | None         # the saved refusal threshold that belongs to this reader, if any
     parameters: Any                # for the model card: a count (ConvNet) or {total, trainable} (transfer)
     chooser: Any = None            # RUN/chooser.json (chooser.Chooser): the learned choice among candidates
+    fitter: Any = None             # RUN/boxfit.onnx (boxfit.BoxFitter): moves the chosen box onto the number
 
 
 def is_transfer(run: Path) -> bool:
@@ -56,14 +58,15 @@ def run_reader(run: str | Path, checkpoint: str = "best", device: str = "cpu", t
         model, cfg, _ = transfer.load(run)
         model.to(runs.resolve_device(device))  # the trained stage, neck and head; the frozen stem runs in onnxruntime
         return RunReader("transfer", _transfer_reader(model, cfg, top_k), cfg.widen, 0, _transfer_data_cfg(run), None,
-                         runs.read_threshold(run), _transfer_parameters(model), _chooser(run))
+                         runs.read_threshold(run), _transfer_parameters(model), _chooser(run),
+                         boxfit.BoxFitter.beside(run))
     model, ckpt, data_cfg = runs.load_run(run, checkpoint, device=device)
     saved = runs.read_threshold(run)
     if saved is not None and not (saved.get("step") == ckpt.get("step") and saved.get("checkpoint") == checkpoint):
         saved = None
     return RunReader("convnet", localize.crop_reader(_torch_reader(model, data_cfg, top_k), data_cfg.widen, data_cfg.size),
                      data_cfg.widen, data_cfg.size, data_cfg, ckpt.get("step"), saved,
-                     sum(p.numel() for p in model.parameters()), _chooser(run))
+                     sum(p.numel() for p in model.parameters()), _chooser(run), boxfit.BoxFitter.beside(run))
 
 
 def _transfer_data_cfg(run: Path):
@@ -153,7 +156,7 @@ def read_whole_run(paths, run: str | Path, device: str = "cpu", top_k: int = 0) 
     reader = run_reader(run, device=device, top_k=top_k)
     threshold = (reader.threshold or {}).get("threshold")
     return runtime.read_photos(paths, None, localize.Detector(), threshold, reader.widen, reader.size,
-                               read_boxes=reader.read_boxes, chooser=reader.chooser)
+                               read_boxes=reader.read_boxes, chooser=reader.chooser, fitter=reader.fitter)
 
 
 # ---------------------------------------------------------------- evaluate a transfer run (boxes given)
@@ -254,7 +257,7 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
     indices = np.arange(len(cache)) if not limit else np.arange(min(limit, len(cache)))
     out = run / "eval" / (name + ("" if checkpoint == "best" else f"-{checkpoint}") + "-noboxes")
     detector = localize.Detector()
-    rows, given, sources, reachable, old_rule = [], [], {}, [], []
+    rows, given, sources, reachable, old_rule, unfitted = [], [], {}, [], [], []
     started = time.perf_counter()
     for i in indices.tolist():
         path = cache.path(i)
@@ -265,8 +268,10 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
             continue
         truth_box = _number_box([float(v) for v in cache.boxes[i]], reader.data_cfg.widen)
         true_box = [round(float(v), 2) for v in crops.widen(truth_box, reader.widen)]
-        loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes, chooser=reader.chooser)
+        loc = localize.locate(image, detector, widen=reader.widen, read_boxes=reader.read_boxes, chooser=reader.chooser,
+                              fitter=reader.fitter)
         overlap = localize.iou(loc.box, truth_box)
+        unfitted.append(localize.iou(loc.found_box, truth_box))
         reachable.append(max(localize.iou(b, truth_box) for b in loc.boxes))
         if reader.chooser is not None:  # the summed-probability rule on the same readings, for comparison
             k = localize.choose(loc.readings)
@@ -302,7 +307,11 @@ def evaluate_without_boxes(run: str | Path, split: str = "val", target: float = 
                                       else "the transcription's probability summed over the candidates"),
                            "summed_probability_rule": ({"iou_at_least_0.5": float(np.mean([a for a, _ in old_rule])),
                                                         "sequence_accuracy": float(np.mean([b for _, b in old_rule]))}
-                                                       if old_rule else None)}
+                                                       if old_rule else None),
+                           "box_fitter": ({"file": str(reader.fitter.path), "passes": reader.fitter.passes,
+                                           "iou_at_least_0.5_as_found": float((np.array(unfitted) >= 0.5).mean()),
+                                           "mean_iou_as_found": float(np.mean(unfitted))}
+                                          if reader.fitter is not None else None)}
     rep["split"] = split
     rep["checkpoint"] = {"name": checkpoint, "step": reader.step}
     save_json(rep, out / "report.json")
@@ -337,6 +346,10 @@ def summary(rep: dict, name: str) -> str:
         o = loc["summed_probability_rule"]
         lines.append(f"  the same readings, chosen by summed probability instead: IoU >= 0.5 "
                      f"{_pct(o['iou_at_least_0.5'])}, sequence accuracy {_pct(o['sequence_accuracy'])}")
+    if loc.get("box_fitter"):
+        f = loc["box_fitter"]
+        lines.append(f"  box fitter ({f['file']}, {f['passes']} pass(es)): IoU >= 0.5 {_pct(f['iou_at_least_0.5_as_found'])} "
+                     f"as found, {_pct(loc['iou_at_least_0.5'])} fitted (mean IoU {f['mean_iou_as_found']:.3f} as found)")
     if loc["with_boxes"]:
         w = loc["with_boxes"]
         lines.append(f"  the same reader, boxes given: accuracy {_pct(w['sequence_accuracy'])}, coverage at "
