@@ -111,9 +111,10 @@ gallery: setup ## most confident mistakes on the training photos (where the chap
 # 10% seed 0, left out: the whole-photo figures are measured on them).
 #> run folder of train-sample (the transfer recipe)
 TRANSFER_RUN ?= runs/sample-transfer
-train-sample: setup ## transfer: fine-tune PP-OCRv6 small on the sample, 5-fold CV, ship, fit the box chooser
+train-sample: setup ## transfer: fine-tune PP-OCRv6 small on the sample, 5-fold CV, ship; box chooser and fitter
 	$(TR) transfer --train $(SAMPLE) --folds 5 --views 4 --epochs 8 --keep-folds --out $(TRANSFER_RUN)
 	$(TR) fit-chooser $(TRANSFER_RUN) --val-fraction 0.1 --split-seed 0 --limit 600
+	$(TR) fit-box --train $(SAMPLE) --out $(TRANSFER_RUN)
 
 # The earlier recipe: the demo's synthetic-trained cpu network fine-tuned on the sample's training
 # part; validation (10%, seed 0) from the sample only. Run `make demo` first (it is run if missing).
@@ -154,14 +155,15 @@ train-sample-tuned: setup ## train-sample with the backbone's last stage trained
 	    --out $(TUNED_RUN)
 
 # Whole photos, honestly: the same transfer recipe trained without the usual 200 validation photos
-# (10%, seed 0), given train-sample's box chooser (fitted with those photos left out), evaluated on
-# them without their boxes, beside the same reader at the given boxes.
-whole-sample: setup ## whole photos on the 200 validation photos no part of the reader or chooser saw
+# (10%, seed 0), given train-sample's box chooser (fitted with those photos left out) and its own box
+# fitter (ditto), evaluated on them without their boxes, beside the same reader at the given boxes.
+whole-sample: setup ## whole photos on the 200 validation photos no part of the reader, chooser or box fitter saw
 	test -f $(TRANSFER_RUN)/chooser-readings.jsonl || $(MAKE) train-sample
 	test -f $(TEACHER_RUN)/model.pt || $(TR) transfer --train $(SAMPLE) --folds 0 --views 4 --epochs 8 \
 	    --val-fraction 0.1 --split-seed 0 --out $(TEACHER_RUN)
 	rm -f $(TEACHER_RUN)/chooser.json   # fit-chooser keeps a chooser only where it beats the rule out of sample
 	if [ -f $(TRANSFER_RUN)/chooser.json ]; then cp $(TRANSFER_RUN)/chooser.json $(TEACHER_RUN)/; fi
+	test -f $(TEACHER_RUN)/boxfit.onnx || $(TR) fit-box --train $(SAMPLE) --out $(TEACHER_RUN) --val-fraction 0.1 --split-seed 0
 	$(TR) evaluate $(TEACHER_RUN) --split val --no-boxes
 
 # ---------------------------------------------------------------- methodology (book ch. 11)

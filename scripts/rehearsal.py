@@ -127,6 +127,14 @@ def training_rate(lines: list[str], batch: int, run: Path) -> dict:
             "rate_from": f"steps {s0}-{s1}, {t1 - t0} s (progress lines; elapsed rounded to 1 s)"}
 
 
+def precision_of(lines: list[str]) -> str:
+    """The precision training ran in, from its header line `  device     cpu, 2 threads, bf16 autocast (--amp auto)`."""
+    for line in lines:
+        if line.strip().startswith("device") and "threads," in line:
+            return line.split("threads,", 1)[1].strip()
+    return "as configured"
+
+
 def gpu_rate(preset: str, batch: int) -> dict | None:
     """Training img/s of `preset` measured on a GPU by scripts/gpu_check.sh, if it has run."""
     for path in (REPO / "runs/gpu-check/bench.json",):
@@ -243,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "--threads", str(args.threads), "--max-seconds", str(args.train_seconds)],
                     out / "train.log")
     lines = step.pop("lines")
-    amp = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("precision:")), "as configured")
+    amp = precision_of(lines)
     train = {**step, **training_rate(lines, args.batch_size, run), "preset": args.preset, "batch": args.batch_size,
              "precision": amp, "threads": args.threads, "budget_seconds": args.train_seconds}
     report["train"] = train

@@ -24,6 +24,7 @@ def test_rehearsal_at_a_tiny_scale_writes_its_report(tmp_path):
         assert row["cache"]["bytes"] > n * 64 * 64 * 3 // 10  # compressed or not, the crops are in it
         assert row["cache"]["peak_rss_process_mb"] > 0
     assert report["train"]["train_img_s"] > 0
+    assert report["train"]["precision"] != "as configured"   # read from training's "device" line
     assert report["projection"]["this_machine_seconds"] > 0
     assert report["projection"]["gpu"].startswith("not measured")
     assert not list((tmp_path / "data" / "train").glob("*.png"))  # --delete-photos

@@ -114,9 +114,11 @@ def score(predict, photos, seed: int = 1, per_photo: int = 4, passes: int = 2) -
 
 def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split_seed: int = 0,
             seconds: float = 300.0, steps: int = 6000, batch_size: int = 64, lr: float = 2e-3, threads: int = 2,
-            seed: int = 0, limit: int = 0, say=print) -> dict:
+            seed: int = 0, limit: int = 0, exclude=(), say=print) -> dict:
+    """Train the fitter on `train`'s photos, less those `transcribe train --val-fraction val_fraction
+    --split-seed split_seed` holds out and the names in `exclude`; write OUT/boxfit.onnx and boxfit.json."""
     from transcribe import transfer
-    from transcribe.progress import bar as progress_bar
+    from transcribe.progress import Progress
     from transcribe.runs import git_commit, save_json
     torch.manual_seed(seed)
     if threads:
@@ -124,6 +126,7 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
     folder, out = Path(train), Path(out)
     split = svhn.read_split(folder)
     excluded = transfer.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
+    excluded |= set(exclude)
     boxes = {r.file: crops.number_box(r.boxes) for r in split.records if r.file not in excluded}
     names = sorted(boxes)
     rng = np.random.default_rng(seed)
@@ -140,7 +143,7 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
     model = BoxNet()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     started, step, losses = time.perf_counter(), 0, []
-    bar = progress_bar(total=steps, desc="fit-box", unit="step")
+    bar = Progress(steps, seconds, batch_size)   # a bar on a terminal, plain lines in a log; ETA to whichever budget ends first
     model.train()
     while step < steps:
         progress = max(step / steps, (time.perf_counter() - started) / seconds)
@@ -155,9 +158,7 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
         opt.step()
         losses.append(loss.item())
         step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}")
+        bar.update(step, time.perf_counter() - started, float(np.mean(losses[-50:])) if step % 50 == 0 else None)
     bar.close()
     train_seconds = time.perf_counter() - started
     model.eval()
