@@ -64,7 +64,7 @@ DEMO_PHOTOS  ?= 20000
 #> the demo's training budget, seconds
 DEMO_SECONDS ?= 600
 #> the demo's step limit (the schedule decays over steps or seconds)
-DEMO_STEPS   ?= 1800
+DEMO_STEPS   ?= 3000
 #> the demo's peak learning rate
 DEMO_LR      ?= 0.05
 #> steps between the demo's evaluations
