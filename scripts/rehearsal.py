@@ -130,8 +130,9 @@ def training_rate(lines: list[str], batch: int, run: Path) -> dict:
 def precision_of(lines: list[str]) -> str:
     """The precision training ran in, from its header line `  device     cpu, 2 threads, bf16 autocast (--amp auto)`."""
     for line in lines:
-        if line.strip().startswith("device") and "threads," in line:
-            return line.split("threads,", 1)[1].strip()
+        m = re.match(r"\s*device\s+.*?\d+ threads?, (.+)$", line)
+        if m:
+            return m[1].strip()
     return "as configured"
 
 

@@ -43,17 +43,11 @@ class _Shift:
         return [(b[0] + 5, b[1], b[2], b[3]) for b in boxes]
 
 
-class _OneBox:
-    def __call__(self, image):
-        return np.array([[40, 20, 30, 30]], float), np.array([0.9])
-
-
 def test_locate_moves_the_chosen_box_and_keeps_its_reading():
-    def read(images):
-        return [{"pred": str(k), "confidence": -1.0 - k} for k in range(len(images))]
+    from conftest import OneBox, numbered_reader as read
     image = np.zeros((100, 120, 3), np.uint8)
-    plain = localize.locate(image, _OneBox(), read, widen=1.3)
-    moved = localize.locate(image, _OneBox(), read, widen=1.3, fitter=_Shift())
+    plain = localize.locate(image, OneBox(), read, widen=1.3)
+    moved = localize.locate(image, OneBox(), read, widen=1.3, fitter=_Shift())
     assert plain.box == plain.found_box and moved.found_box == plain.box
     assert moved.box == pytest.approx((plain.box[0] + 5, *plain.box[1:]))
     assert moved.read == plain.read and moved.readings == plain.readings

@@ -70,16 +70,10 @@ class _Fixed:
         return self.k
 
 
-class _OneBox:
-    def __call__(self, image):
-        return np.array([[40, 20, 30, 30]], float), np.array([0.9])
-
-
 def test_locate_takes_the_choosers_candidate_and_keeps_every_reading():
-    def read(images):
-        return [{"pred": str(k), "confidence": -1.0 - k} for k in range(len(images))]
+    from conftest import OneBox, numbered_reader as read
     image = np.zeros((100, 120, 3), np.uint8)
-    loc = localize.locate(image, _OneBox(), read, widen=1.3, chooser=_Fixed(2))
+    loc = localize.locate(image, OneBox(), read, widen=1.3, chooser=_Fixed(2))
     assert loc.read["pred"] == "2" and loc.box == loc.boxes[2] and loc.source == loc.sources[2]
     assert len(loc.readings) == len(loc.boxes) == loc.candidates
-    assert localize.locate(image, _OneBox(), read, widen=1.3).read["pred"] == "0"   # no chooser: the old rule
+    assert localize.locate(image, OneBox(), read, widen=1.3).read["pred"] == "0"   # no chooser: the old rule

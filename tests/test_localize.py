@@ -6,6 +6,7 @@ from PIL import Image
 
 from transcribe import crops, localize, svhn
 from transcribe.config import WIDEN
+from conftest import OneBox
 
 pytest.importorskip("onnxruntime", reason="the 'whole' extra is not installed")
 
@@ -100,11 +101,6 @@ def test_candidates_join_neighbours_and_include_the_photo():
     assert crops.widen(photo, 1.3) == pytest.approx((0, 0, 100, 80))        # widened: the whole photo
 
 
-class _OneBox:
-    def __call__(self, image):
-        return np.array([[40, 20, 30, 30]], float), np.array([0.9])
-
-
 def test_locate_keeps_the_most_probable_reading():
     """The reader, not the detector, chooses; a crop read as nothing or '>5' loses to any number."""
     calls = []
@@ -117,8 +113,8 @@ def test_locate_keeps_the_most_probable_reading():
         out[0] = {"pred": "", "confidence": -0.01}        # more probable still, but says no number
         return out
     image = np.zeros((100, 120, 3), np.uint8)
-    loc = localize.locate(image, _OneBox(), read, widen=1.3)
-    cands = localize.candidates(_OneBox()(image)[0], image.shape[:2], 1.3)
+    loc = localize.locate(image, OneBox(), read, widen=1.3)
+    cands = localize.candidates(OneBox()(image)[0], image.shape[:2], 1.3)
     assert calls == [len(cands)] and loc.candidates == len(cands) and loc.detections == 1
     assert loc.read["pred"] == "12" and loc.box == cands[-1][0] and loc.source == cands[-1][1]
     assert loc.crop_box == pytest.approx(crops.widen(loc.box, 1.3))
@@ -133,9 +129,9 @@ def test_locate_sums_probability_over_the_candidates():
         out[-1] = {"pred": "12", "confidence": -0.5}
         return out
     image = np.zeros((100, 120, 3), np.uint8)
-    loc = localize.locate(image, _OneBox(), read, widen=1.3)
+    loc = localize.locate(image, OneBox(), read, widen=1.3)
     assert loc.read == {"pred": "7", "confidence": -0.9}
-    assert loc.box == localize.candidates(_OneBox()(image)[0], image.shape[:2], 1.3)[1][0]
+    assert loc.box == localize.candidates(OneBox()(image)[0], image.shape[:2], 1.3)[1][0]
 
 
 def test_iou():

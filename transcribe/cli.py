@@ -252,6 +252,24 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     C.add_device_argument(parser)  # the trained stage, neck and head; the frozen stem runs in onnxruntime on the CPU
 
 
+def add_fit_box_arguments(parser: argparse.ArgumentParser) -> None:
+    """`transcribe fit-box` (train_boxfit.py): here, so its --help needs no torch."""
+    parser.add_argument("--train", required=True, help="format-1 folder whose union boxes it learns")
+    parser.add_argument("--out", required=True, type=pathlib.Path,
+                        help="folder to write boxfit.onnx and boxfit.json into (a run folder: evaluate --no-boxes, "
+                             "predict and export then use it)")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="leave out the photos `transcribe train --val-fraction F --split-seed S` holds out "
+                             "(the ones the run is judged on; default 0: none)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of that split (default 0)")
+    parser.add_argument("--seconds", type=float, default=300, help="training budget in seconds (default 300)")
+    parser.add_argument("--steps", type=int, default=6000, help="training steps, if they end first (default 6000)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per step (default 64)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, cosine decay (default 2e-3)")
+    parser.add_argument("--limit", type=int, default=0, help="use at most this many photos (default 0: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+
+
 def add_distil_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)  # the student's run: every flag of `transcribe train`
     C.add_dataclass_arguments(parser, C.DistilConfig)

@@ -199,23 +199,6 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
     return spec
 
 
-def add_fit_box_arguments(parser) -> None:
-    parser.add_argument("--train", required=True, help="format-1 folder whose union boxes it learns")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder to write boxfit.onnx and boxfit.json into (a run folder: evaluate --no-boxes, "
-                             "predict and export then use it)")
-    parser.add_argument("--val-fraction", type=float, default=0.0,
-                        help="leave out the photos `transcribe train --val-fraction F --split-seed S` holds out "
-                             "(the ones the run is judged on; default 0: none)")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of that split (default 0)")
-    parser.add_argument("--seconds", type=float, default=300, help="training budget in seconds (default 300)")
-    parser.add_argument("--steps", type=int, default=6000, help="training steps, if they end first (default 6000)")
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per step (default 64)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, cosine decay (default 2e-3)")
-    parser.add_argument("--limit", type=int, default=0, help="use at most this many photos (default 0: all)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-
-
 def run_fit_box(args) -> int:
     if not 0 <= args.val_fraction < 1:
         raise SystemExit(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
