@@ -210,6 +210,26 @@ def test_a_runs_box_fitter_moves_the_box_in_evaluate_predict_and_the_runtime(tin
     assert got[0]["box"] == pytest.approx(row["box"], abs=0.01)
 
 
+def test_predict_with_a_convnet_run_uses_its_box_fitter(tiny_whole_run, tmp_path, capsys):
+    """`predict --run` of a ConvNet run loads the model apart from evaluate's reader; it still finds a
+    whole photo's box with the run's fitter, as evaluate --no-boxes does."""
+    import shutil
+    from transcribe import boxfit
+    run, _, photos, records = tiny_whole_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine, ignore=shutil.ignore_patterns("eval", "export"))
+    assert main(["fit-box", "--train", str(photos), "--out", str(mine), "--steps", "2", "--threads", "1",
+                 "--limit", "10"]) == 0
+    photo = photos / records[0].file
+    assert main(["predict", str(photo), "--run", str(mine), "--format", "jsonl"]) == 0
+    told = json.loads(capsys.readouterr().out.splitlines()[-1])
+    image = localize.load_photo(photo)
+    found = localize.locate(image, localize.Detector(), widen=1.3, read_boxes=_reader(mine)).box
+    fitted = boxfit.BoxFitter.beside(mine).fit(image, [found])[0]
+    assert list(fitted) != pytest.approx(list(found), abs=0.05)   # the fitter did move it
+    assert told["box"] == pytest.approx(list(crops.widen(fitted, 1.3)), abs=0.01)
+
+
 def _reader(run):
     from transcribe import whole
     return whole.run_reader(run).read_boxes

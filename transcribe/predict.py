@@ -208,7 +208,7 @@ def _predict_run(paths, run: Path, box, boxes, top_k: int, device: str, batch_si
     saved = read_threshold(run)
     model, ckpt, data_cfg = load_run(run, saved.get("checkpoint", "best"))
     model.to(resolve_device(device))
-    return read_whole(paths, model, data_cfg, saved["threshold"], box, boxes, top_k, batch_size)
+    return read_whole(paths, model, data_cfg, saved["threshold"], box, boxes, top_k, batch_size, run=run)
 
 
 def _predict_transfer(paths, run: Path, box, boxes, top_k: int, device: str, batch_size: int):

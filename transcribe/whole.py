@@ -141,13 +141,15 @@ def _write_card(run: Path, reader: RunReader) -> Path:
 
 
 def read_whole(paths, model, data_cfg, threshold: float | None, box=None, boxes=None, top_k: int = 0,
-               batch_size: int = runtime.READ_BATCH) -> tuple[list[dict], list[str]]:
+               batch_size: int = runtime.READ_BATCH, run: str | Path | None = None) -> tuple[list[dict], list[str]]:
     """predict.predict with the torch model: a photo without a box is searched for its number
-    (localize.py), a photo with one (`box`, or its entry in `boxes`) is cropped around it; then read."""
+    (localize.py; with the box chooser and fitter of `run`, where it has them), a photo with one
+    (`box`, or its entry in `boxes`) is cropped around it; then read."""
     needs_search = any(b is None for b in boxes) if boxes is not None else box is None
     detector = localize.Detector() if needs_search else None
+    chooser, fitter = (_chooser(Path(run)), boxfit.BoxFitter.beside(run)) if run is not None else (None, None)
     return runtime.read_photos(paths, _torch_reader(model, data_cfg, top_k, batch_size), detector, threshold,
-                               data_cfg.widen, data_cfg.size, box, boxes, batch_size)
+                               data_cfg.widen, data_cfg.size, box, boxes, batch_size, chooser=chooser, fitter=fitter)
 
 
 def read_whole_run(paths, run: str | Path, device: str = "cpu", top_k: int = 0) -> tuple[list[dict], list[str]]:
