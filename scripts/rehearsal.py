@@ -127,13 +127,10 @@ def training_rate(lines: list[str], batch: int, run: Path) -> dict:
             "rate_from": f"steps {s0}-{s1}, {t1 - t0} s (progress lines; elapsed rounded to 1 s)"}
 
 
-def precision_of(lines: list[str]) -> str:
-    """The precision training ran in, from its header line `  device     cpu, 2 threads, bf16 autocast (--amp auto)`."""
-    for line in lines:
-        m = re.match(r"\s*device\s+.*?\d+ threads?, (.+)$", line)
-        if m:
-            return m[1].strip()
-    return "as configured"
+def precision_of(run: Path) -> str:
+    """The precision the run trained in, as its metrics rows record it (`--amp auto` decides at run time)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return rows[-1].get("precision", "as configured") if rows else "as configured"
 
 
 def gpu_rate(preset: str, batch: int) -> dict | None:
@@ -252,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "--threads", str(args.threads), "--max-seconds", str(args.train_seconds)],
                     out / "train.log")
     lines = step.pop("lines")
-    amp = precision_of(lines)
+    amp = precision_of(run)
     train = {**step, **training_rate(lines, args.batch_size, run), "preset": args.preset, "batch": args.batch_size,
              "precision": amp, "threads": args.threads, "budget_seconds": args.train_seconds}
     report["train"] = train

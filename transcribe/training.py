@@ -613,7 +613,8 @@ def train(model_cfg, data_cfg, cfg: TrainConfig, soft: tuple | None = None, alph
                     row = {"step": step, "epoch": step // steps_per_epoch, "examples": step * cfg.batch_size,
                            "lr": lr, "batch_loss": batch_loss,
                            **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in va.items()},
-                           "best_val_seq_acc": new["best"], "seconds": round(elapsed, 3), "update_ratio": ratios}
+                           "best_val_seq_acc": new["best"], "seconds": round(elapsed, 3), "update_ratio": ratios,
+                           "precision": "bf16" if amp == "bf16" else "float32"}   # what --amp auto chose
                     append_metrics(out, row)
                     for key in SCALARS:
                         if row[key] is not None:  # batch_loss is None at step 0: no batch yet

@@ -480,9 +480,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             return read(model, evals, photos, idx, cfg.beam)
         rows = []
         for k in range(0, len(idx), 1024):
-            part = [photos[i] for i in idx[k:k + 1024]]
-            feats = stem_features(stem, [eval_view(p, cfg) for p in part], cfg, progress=False)
-            rows += read(model, feats, part, list(range(len(part))), cfg.beam)
+            rows += read_views(model, cfg, [photos[i] for i in idx[k:k + 1024]], stem)
         return rows
     print(f"  machine {_cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"{'bf16 autocast' if amp == 'bf16' else 'float32'}; {trainable:,} trainable parameters "
@@ -598,12 +596,17 @@ def save_model(model: rec.LineRecognizer, cfg: TransferConfig, folder: Path) -> 
          "model": trained}, f))
 
 
+def read_views(model: rec.LineRecognizer, cfg: TransferConfig, photos: list[Photo], stem, top_k: int = 0) -> list[dict]:
+    """Predictions rows of photos read at their evaluation views, the stem run here (no feature cache)."""
+    feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, progress=False)  # a few crops: no bar
+    return read(model, feats, photos, list(range(len(photos))), cfg.beam, top_k)
+
+
 def transcribe_photos(model: rec.LineRecognizer, cfg: TransferConfig, photos: list[Photo], stem: "rec.StemSession",
                       threshold: float | None = None, top_k: int = 0) -> list[dict]:
     """Read photos (their number boxes known): predictions rows, each with `accepted` (its
     log P(S|X) at or above the threshold; never without a threshold), and top_k alternatives."""
-    feats = stem_features(stem, [eval_view(p, cfg) for p in photos], cfg, progress=False)  # a few crops: no bar
-    rows = read(model, feats, photos, list(range(len(photos))), cfg.beam, top_k)
+    rows = read_views(model, cfg, photos, stem, top_k)
     for row in rows:
         row["accepted"] = threshold is not None and row["confidence"] >= threshold
     return rows
