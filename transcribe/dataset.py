@@ -405,6 +405,14 @@ def load_splits(cfg: DataConfig, strict: bool = False, progress: bool = True) ->
     return train, val
 
 
+def held_out_names(folder: str | Path, fraction: float, seed: int) -> set[str]:
+    """File names of the photos `transcribe train --train FOLDER --val-fraction F --split-seed S`
+    holds out for validation (load_splits chooses them): what transfer --val-fraction, fit-chooser
+    and fit-box leave out."""
+    _, val = load_splits(DataConfig(train=(str(folder),), val_fraction=fraction, seed=seed), progress=False)
+    return {Path(str(f)).name for f in val.files}
+
+
 # ---------------------------------------------------------------------------------------
 # Batches (torch from here on)
 

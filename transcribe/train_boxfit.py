@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from transcribe import boxfit, crops, localize, svhn
+from transcribe import boxfit, crops, dataset, localize, svhn
 
 NEAR_SHARE = 0.7                 # simulated boxes like the found ones: sides x exp(N(0, NEAR_SCALE)), centre + N(0, NEAR_SHIFT)
 NEAR_SCALE = (0.25, 0.18)        # log-scale spread of width and height
@@ -119,7 +119,6 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
             seed: int = 0, limit: int = 0, exclude=(), say=print) -> dict:
     """Train the fitter on `train`'s photos, less those `transcribe train --val-fraction val_fraction
     --split-seed split_seed` holds out and the names in `exclude`; write OUT/boxfit.onnx and boxfit.json."""
-    from transcribe import transfer
     from transcribe.progress import Progress
     from transcribe.runs import git_commit, save_json
     torch.manual_seed(seed)
@@ -127,7 +126,7 @@ def fit_box(train: str | Path, out: str | Path, val_fraction: float = 0.0, split
         torch.set_num_threads(threads)
     folder, out = Path(train), Path(out)
     split = svhn.read_split(folder)
-    excluded = transfer.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
+    excluded = dataset.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
     excluded |= set(exclude)
     boxes = {r.file: crops.number_box(r.boxes) for r in split.records if r.file not in excluded}
     names = sorted(boxes)

@@ -44,7 +44,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from . import card, crops, ctc, dataset, metrics, predictions, runs, sequence, svhn
 from . import recognizer as rec
-from .config import MAX_DIGITS, TARGET, DataConfig, TransferConfig, from_args, to_dict
+from .config import MAX_DIGITS, TARGET, TransferConfig, from_args, to_dict
 from .progress import bar as progress_bar
 from .runs import save_json
 
@@ -387,16 +387,10 @@ def fold_summary(rows: list[dict], folds: list[list[int]], seed: int, key: str =
     return out
 
 
-def held_out_names(folder: str | Path, fraction: float, seed: int) -> set[str]:
-    """File names of the photos `transcribe train --train FOLDER --val-fraction F --split-seed S`
-    holds out for validation (dataset.load_splits chooses them)."""
-    _, val = dataset.load_splits(DataConfig(train=(str(folder),), val_fraction=fraction, seed=seed), progress=False)
-    return {Path(str(f)).name for f in val.files}
-
-
 def held_out(photos: list[Photo], folder: str | Path, fraction: float, seed: int) -> list[int]:
-    """Indices of those photos among `photos` (held_out_names, matched by file name)."""
-    names = held_out_names(folder, fraction, seed)
+    """Indices of the photos among `photos` that `transcribe train --val-fraction F --split-seed S`
+    holds out (dataset.held_out_names, matched by file name)."""
+    names = dataset.held_out_names(folder, fraction, seed)
     return [i for i, p in enumerate(photos) if Path(p.path).name in names]
 
 

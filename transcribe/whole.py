@@ -437,7 +437,7 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
     """Read `limit` photos, each by the fold model of `run` that never trained on it, at every
     candidate box; fit chooser.Chooser to those readings; report it against the summed-probability
     rule, cross-validated over the photos (`folds`), and write the chooser fitted on all of them."""
-    from transcribe import transfer
+    from transcribe import dataset
     from transcribe.progress import bar as progress_bar
     from transcribe.runs import atomic_write
     run = Path(run)
@@ -448,7 +448,7 @@ def fit_chooser(run: str | Path, train: str | None = None, val_fraction: float =
     folder = Path(train or configs[0]["train"])
     split = svhn.read_split(folder)
     records = {r.file: r for r in split.records}
-    excluded = transfer.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
+    excluded = dataset.held_out_names(folder, val_fraction, split_seed) if val_fraction > 0 else set()
     out = Path(out) if out else run / chooser_mod.CHOOSER_FILE
     readings_path = out.with_name(out.stem + "-readings.jsonl")
     quota = -(-limit // len(fold_dirs))
